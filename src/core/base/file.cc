@@ -29,7 +29,8 @@ std::string DirName(const std::string& path) {
 Status FsyncDir(const std::string& path) {
   Fd dir{open(DirName(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
   if (dir.fd < 0) return ErrnoStatus(errno, "open directory of " + path);
-  if (fsync(dir.fd) != 0 && errno != EINVAL) return ErrnoStatus(errno, "fsync directory of " + path);
+  if (fsync(dir.fd) != 0 && errno != EINVAL)
+    return ErrnoStatus(errno, "fsync directory of " + path);
   return OkStatus();
 }
 

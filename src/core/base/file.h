@@ -18,7 +18,7 @@ namespace custody {
 enum class Overwrite { kRefuse, kAllow };
 
 struct WriteOptions {
-  uint32_t mode = 0644;                   // permission bits of the new file
+  uint32_t mode = 0644;                      // permission bits of the new file
   Overwrite overwrite = Overwrite::kRefuse;  // kRefuse: kAlreadyExists if the path exists
 };
 

@@ -54,8 +54,8 @@ void* MapSecretMem(size_t mapped, std::string& why) {
   } else {
     p = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_SHARED, static_cast<int>(fd), 0);
     if (p == MAP_FAILED) {
-      why = std::string("memfd_secret mmap: ") + std::strerror(errno) + " (" +
-            MemlockLimitText() + ")";
+      why = std::string("memfd_secret mmap: ") + std::strerror(errno) + " (" + MemlockLimitText() +
+            ")";
       p = nullptr;
     }
   }
@@ -108,8 +108,8 @@ Result<ProtectedRegion> MapProtected(size_t size, SecretBacking backing) {
   if (madvise(p, mapped, MADV_DONTDUMP) == 0) {
     region.protection.dontdump = true;
   } else {
-    AppendDetail(region.protection.detail, std::string("madvise(MADV_DONTDUMP): ") +
-                                               std::strerror(errno));
+    AppendDetail(region.protection.detail,
+                 std::string("madvise(MADV_DONTDUMP): ") + std::strerror(errno));
   }
   // Keep the pages out of any child made by fork(): a forked helper must not inherit secrets.
   madvise(p, mapped, MADV_DONTFORK);
@@ -117,8 +117,8 @@ Result<ProtectedRegion> MapProtected(size_t size, SecretBacking backing) {
     region.protection.locked = true;
   } else {
     int err = errno;
-    AppendDetail(region.protection.detail, std::string("mlock: ") + std::strerror(err) + " (" +
-                                               MemlockLimitText() + ")");
+    AppendDetail(region.protection.detail,
+                 std::string("mlock: ") + std::strerror(err) + " (" + MemlockLimitText() + ")");
   }
   return region;
 }

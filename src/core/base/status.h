@@ -86,7 +86,7 @@ Status ErrnoStatus(int err, std::string_view what);
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT(google-explicit-constructor)
+  Result(T value) : v_(std::move(value)) {}        // NOLINT(google-explicit-constructor)
   Result(Status status) : v_(std::move(status)) {  // NOLINT(google-explicit-constructor)
     if (std::get<Status>(v_).ok()) Panic("Result constructed from an OK Status without a value");
   }
@@ -130,10 +130,10 @@ class [[nodiscard]] Result {
 #define CUSTODY_CONCAT_(a, b) CUSTODY_CONCAT_INNER_(a, b)
 
 // Returns the Status from the enclosing function if `expr` (a Status) is not OK.
-#define CUSTODY_RETURN_IF_ERROR(expr)                   \
-  do {                                                  \
-    ::custody::Status custody_status_ = (expr);         \
-    if (!custody_status_.ok()) return custody_status_;  \
+#define CUSTODY_RETURN_IF_ERROR(expr)                  \
+  do {                                                 \
+    ::custody::Status custody_status_ = (expr);        \
+    if (!custody_status_.ok()) return custody_status_; \
   } while (0)
 
 // `CUSTODY_ASSIGN_OR_RETURN(auto x, Foo());` declares x from a Result or returns its error.

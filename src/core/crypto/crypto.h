@@ -14,6 +14,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -70,8 +71,8 @@ class AesGcm {
   // ciphertext.size() must equal plaintext.size(). `in` and `out` may be the same buffer.
   Status Seal(ByteSpan nonce, ByteSpan aad, ByteSpan plaintext, MutableByteSpan ciphertext,
               std::span<uint8_t, kGcmTagBytes> tag);
-  // Decrypts into `plaintext` and verifies `tag`. On any failure `plaintext` is wiped and
-  // kUnauthenticated ("authentication tag mismatch") is returned.
+  // Decrypts into `plaintext` and verifies `tag`. On any failure `plaintext` is wiped: a tag
+  // mismatch is kUnauthenticated ("authentication tag mismatch"), wrong sizes kInvalidArgument.
   Status Open(ByteSpan nonce, ByteSpan aad, ByteSpan ciphertext, ByteSpan tag,
               MutableByteSpan plaintext);
 
@@ -88,7 +89,7 @@ Result<SecretBuffer> AesGcmOpen(ByteSpan key, ByteSpan nonce, ByteSpan aad,
 // ----- Ed25519 ------------------------------------------------------------------------------
 class Ed25519PublicKey {
  public:
-  static Result<Ed25519PublicKey> FromRaw(ByteSpan raw);     // 32 bytes
+  static Result<Ed25519PublicKey> FromRaw(ByteSpan raw);          // 32 bytes
   static Result<Ed25519PublicKey> FromPem(std::string_view pem);  // SubjectPublicKeyInfo
   const std::array<uint8_t, kEd25519PublicKeyBytes>& raw() const { return raw_; }
   std::string ToPem() const;
@@ -105,7 +106,7 @@ class Ed25519PublicKey {
 class Ed25519PrivateKey {
  public:
   static Result<Ed25519PrivateKey> Generate();
-  static Result<Ed25519PrivateKey> FromSeed(ByteSpan seed);  // 32-byte RFC 8032 seed
+  static Result<Ed25519PrivateKey> FromSeed(ByteSpan seed);        // 32-byte RFC 8032 seed
   static Result<Ed25519PrivateKey> FromPem(std::string_view pem);  // PKCS#8, unencrypted
   Result<SecretBuffer> ToPem() const;                              // PKCS#8 PEM text
   const Ed25519PublicKey& public_key() const { return public_; }
@@ -151,8 +152,8 @@ class P256PrivateKey {
 // Key schedule: Z = ECDH(ephemeral, recipient) X coordinate;
 //   okm = HKDF-SHA256(ikm = Z, salt = ephemeral ‖ recipient, info = "custody/ecies/v1" ‖ 0x00 ‖
 //   context, L = 44); key = okm[0..32), nonce = okm[32..44); AAD = context.
-// `context` binds the envelope to its purpose (e.g. "lease-dek" ‖ device id); a different
-// context fails to unwrap.
+// `context` (at most 1007 bytes: OpenSSL caps HKDF info at 1024) binds the envelope to its purpose
+// (e.g. "lease-dek" ‖ device id); a different context fails to unwrap.
 inline constexpr uint8_t kEciesVersion = 1;
 inline constexpr size_t kEciesOverheadBytes = 1 + kP256PublicKeyBytes + kGcmTagBytes;
 

@@ -120,8 +120,7 @@ Status ValidateModelInfo(const ModelInfo& info) {
   }
   auto created = ParseTimestamp(info.created);
   if (!created || info.created.size() != 20) {
-    return InvalidArgument("created must be an RFC 3339 UTC timestamp, got '" + info.created +
-                           "'");
+    return InvalidArgument("created must be an RFC 3339 UTC timestamp, got '" + info.created + "'");
   }
   if (info.not_after) {
     auto na = ParseTimestamp(*info.not_after);
@@ -165,7 +164,8 @@ Result<ModelInfo> ParseMetadataJson(std::string_view text) {
     if (it == j.end()) {
       return required ? DataLoss(std::string("header metadata lacks '") + key + "'") : OkStatus();
     }
-    if (!it->is_string()) return DataLoss(std::string("header metadata '") + key + "' not a string");
+    if (!it->is_string())
+      return DataLoss(std::string("header metadata '") + key + "' not a string");
     out = it->get<std::string>();
     return OkStatus();
   };
@@ -314,8 +314,7 @@ Result<SealedHeader> ParseHeader(ByteSpan bytes, const crypto::Ed25519PublicKey*
   }
   if (h.chunk_size_log2 < kMinChunkSizeLog2 || h.chunk_size_log2 > kMaxChunkSizeLog2) {
     return DataLoss("chunk size 2^" + std::to_string(h.chunk_size_log2) + " is outside 2^" +
-                    std::to_string(kMinChunkSizeLog2) + "..2^" +
-                    std::to_string(kMaxChunkSizeLog2));
+                    std::to_string(kMinChunkSizeLog2) + "..2^" + std::to_string(kMaxChunkSizeLog2));
   }
   if (reserved16 != 0 || reserved8 != 0) {
     return DataLoss("sealed model header has a non-zero reserved field");

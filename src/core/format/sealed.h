@@ -51,8 +51,8 @@ inline constexpr size_t kSignatureBytes = crypto::kEd25519SignatureBytes;
 inline constexpr size_t kTagBytes = crypto::kGcmTagBytes;
 inline constexpr uint32_t kMaxMetadataBytes = 64 * 1024;
 inline constexpr uint8_t kSuiteAes256GcmHkdfSha256Ed25519 = 1;
-inline constexpr uint8_t kMinChunkSizeLog2 = 4;   // 16 bytes: legal, used by tests and the spec
-inline constexpr uint8_t kMaxChunkSizeLog2 = 24;  // 16 MiB: bounds memory while sealing
+inline constexpr uint8_t kMinChunkSizeLog2 = 4;       // 16 bytes: legal, used by tests and the spec
+inline constexpr uint8_t kMaxChunkSizeLog2 = 24;      // 16 MiB: bounds memory while sealing
 inline constexpr uint8_t kDefaultChunkSizeLog2 = 20;  // 1 MiB
 inline constexpr uint64_t kMaxChunks = 1ull << 32;    // the chunk index is a u32
 inline constexpr size_t kSaltBytes = 32;
@@ -70,7 +70,7 @@ struct ModelInfo {
   std::string version;   // 1..64 printable characters
   std::string engine;    // [a-z0-9_-]{1,32}: "torchscript", "onnx" or a plugin's name
   std::string created;   // RFC 3339 UTC, seconds: "2026-11-23T19:00:00Z"
-  std::optional<std::string> not_after;  // RFC 3339 UTC; absent = no expiry in the file
+  std::optional<std::string> not_after;     // RFC 3339 UTC; absent = no expiry in the file
   std::map<std::string, std::string> meta;  // free metadata (input/output schema, labels...)
 };
 

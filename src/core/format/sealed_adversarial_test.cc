@@ -74,8 +74,7 @@ TEST_F(SealedAttack, EveryBitFlipIsDetectedWithTheErrorOfItsRegion) {
       } else if (byte < 16) {
         // A different header length either falls outside the range, truncates the file, or
         // moves the signature: all refused before any decryption.
-        EXPECT_TRUE(st.code() == StatusCode::kDataLoss ||
-                    st.code() == StatusCode::kUnauthenticated)
+        EXPECT_TRUE(st.code() == StatusCode::kDataLoss || st.code() == StatusCode::kUnauthenticated)
             << st.ToString();
       } else if (byte < sig_end) {
         EXPECT_EQ(st.code(), StatusCode::kUnauthenticated) << byte << " " << st.ToString();
@@ -179,8 +178,7 @@ TEST_F(SealedAttack, ChunksSplicedFromAnotherFileWithTheSameDekAreDetected) {
   Bytes other = s_.Seal(Pattern(100, 9), 4);
   Bytes bad = sealed_;
   const size_t stride = 16 + kTagBytes;
-  std::memcpy(bad.data() + ChunkOffset(header_, 2), other.data() + ChunkOffset(header_, 2),
-              stride);
+  std::memcpy(bad.data() + ChunkOffset(header_, 2), other.data() + ChunkOffset(header_, 2), stride);
   Status st = OpenStatus(bad);
   EXPECT_EQ(st.code(), StatusCode::kDataLoss);
   EXPECT_TRUE(Contains(st, "chunk 2 of 7 failed authentication"));

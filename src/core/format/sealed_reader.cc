@@ -144,8 +144,8 @@ Status DecryptInto(const SealedHeader& header, const ChunkInput& in, ByteSpan de
   if (failed) {
     plain.Wipe();
     // Report the lowest failing chunk so the error is deterministic.
-    size_t worst = static_cast<size_t>(
-        std::min_element(error_chunk.begin(), error_chunk.end()) - error_chunk.begin());
+    size_t worst = static_cast<size_t>(std::min_element(error_chunk.begin(), error_chunk.end()) -
+                                       error_chunk.begin());
     const Status& s = errors[worst];
     if (s.code() == StatusCode::kUnauthenticated) {
       return DataLoss("chunk " + std::to_string(error_chunk[worst]) + " of " +
@@ -203,9 +203,8 @@ Result<SealedHeader> ReadHeaderFd(int fd, const std::string& path,
   CUSTODY_RETURN_IF_ERROR(PreadExact(fd, head.data(), head.size(), 0, path));
   CUSTODY_ASSIGN_OR_RETURN(PreambleFields pre, ParsePreamble(head));
   head.resize(kPreambleBytes + pre.header_len + kSignatureBytes);
-  CUSTODY_RETURN_IF_ERROR(
-      PreadExact(fd, head.data() + kPreambleBytes, head.size() - kPreambleBytes, kPreambleBytes,
-                 path));
+  CUSTODY_RETURN_IF_ERROR(PreadExact(fd, head.data() + kPreambleBytes, head.size() - kPreambleBytes,
+                                     kPreambleBytes, path));
   return ParseHeader(head, trusted);
 }
 

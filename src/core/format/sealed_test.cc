@@ -163,9 +163,9 @@ TEST_F(SealedFileTest, SealFileAndOpenFileRoundTrip) {
     EXPECT_GT(done, last_progress);
     last_progress = done;
   };
-  ASSERT_TRUE(SealFile(Path("model.bin"), Path("m.sealed"), s.dek.span(), s.vendor, o,
-                       Overwrite::kRefuse)
-                  .ok());
+  ASSERT_TRUE(
+      SealFile(Path("model.bin"), Path("m.sealed"), s.dek.span(), s.vendor, o, Overwrite::kRefuse)
+          .ok());
   EXPECT_EQ(last_progress, plain.size());
   o.progress = nullptr;
   for (int threads : {1, 2, 3}) {

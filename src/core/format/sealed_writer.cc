@@ -72,13 +72,14 @@ Status Seal(const ChunkSource& source, uint64_t plaintext_size, ByteSpan dek,
 
   CUSTODY_ASSIGN_OR_RETURN(crypto::AesGcm gcm, crypto::AesGcm::Create(keys.payload_key.span()));
   const uint64_t chunks = h.chunk_count();
-  const size_t buffer_size =
-      static_cast<size_t>(std::min<uint64_t>(h.chunk_size(), std::max<uint64_t>(plaintext_size, 1)));
+  const size_t buffer_size = static_cast<size_t>(
+      std::min<uint64_t>(h.chunk_size(), std::max<uint64_t>(plaintext_size, 1)));
   // The plaintext passes through this buffer, so it is protected like any other secret.
   CUSTODY_ASSIGN_OR_RETURN(SecretBuffer buffer, SecretBuffer::Allocate(buffer_size + kTagBytes));
   uint64_t done = 0;
   for (uint64_t i = 0; i < chunks; ++i) {
-    const size_t want = static_cast<size_t>(std::min<uint64_t>(h.chunk_size(), plaintext_size - done));
+    const size_t want =
+        static_cast<size_t>(std::min<uint64_t>(h.chunk_size(), plaintext_size - done));
     MutableByteSpan chunk = buffer.span().subspan(0, want);
     CUSTODY_ASSIGN_OR_RETURN(size_t got, FillChunk(source, chunk));
     if (got != want) {
@@ -133,7 +134,8 @@ Status SealFile(const std::string& model_path, const std::string& out_path, Byte
   } closer{fd};
   struct stat st {};
   if (fstat(fd, &st) != 0) return ErrnoStatus(errno, "stat model " + model_path);
-  if (!S_ISREG(st.st_mode)) return InvalidArgument("model " + model_path + " is not a regular file");
+  if (!S_ISREG(st.st_mode))
+    return InvalidArgument("model " + model_path + " is not a regular file");
   posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 
   CUSTODY_ASSIGN_OR_RETURN(AtomicFileWriter out,
