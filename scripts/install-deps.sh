@@ -16,7 +16,7 @@ PACKAGES=(
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # test-time model generation (run with /usr/bin/python3, see tests/models)
-  python3 python3-torch python3-torchvision python3-numpy python3-onnx
+  python3 python3-torch python3-torchvision python3-numpy python3-onnx python3-cryptography
   # misc used by scripts
   xxd procps
 )
