@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Runs the Custody benchmarks of an optimised build and prints each figure beside its target.
+#
+#   scripts/bench.sh BUILD_DIR      (make bench: BUILD_DIR = build-bench, Release)
+#
+#   1. open throughput   BUILD_DIR/bench/custody_open_bench: OpenSSL AES-256-GCM vs format::Open
+#                        (1 thread, all threads) and OpenFile, 256 MiB model;
+#   2. sealing memory    BUILD_DIR/bench/custody_seal_rss: peak RSS of `custody seal` on a 2 GiB
+#                        model (and of format::SealFile alone);
+#   3. load time         BUILD_DIR/bench/custody_load_bench: sealed vs plain resnet18 through the
+#                        engine (needs the engine library; models are generated into
+#                        BUILD_DIR/models with tests/models/make_models.py if missing).
+# Scratch files go to BUILD_DIR/bench-tmp and are removed. Misses are reported, not failures: the
+# script fails only if a benchmark cannot run. The figures are only as quiet as the machine:
+# the load average is printed first, and a busy machine is called out.
+set -euo pipefail
+
+if [ $# -ne 1 ]; then
+  echo "usage: $0 BUILD_DIR" >&2
+  exit 2
+fi
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=$(cd "$1" && pwd)
+bench="$build/bench"
+tmp="$build/bench-tmp"
+mkdir -p "$tmp"
+log_dir="$build/bench-logs"
+mkdir -p "$log_dir"
+trap 'rm -rf "$tmp"' EXIT
+
+cores=$(nproc)
+read -r load1 _ < /proc/loadavg
+echo "bench: $cores cores, load average $load1, build $build"
+if awk -v l="$load1" 'BEGIN { exit !(l > 0.5) }'; then
+  echo "bench: WARNING: the machine is not idle (load $load1); throughput and scaling figures" \
+    "will be noisy, the all-threads ratio especially"
+fi
+
+# Runs a benchmark, showing its output and keeping it for the summary.
+run() {
+  local name=$1
+  shift
+  echo
+  echo "==== $name ===="
+  "$@" 2>&1 | tee "$log_dir/$name.log"
+  return "${PIPESTATUS[0]}"
+}
+
+# The value (and verdict, if any) of `RESULT key=...` in a log; "n/a" if absent.
+result() {
+  local log="$log_dir/$1.log" key=$2
+  if [ -f "$log" ]; then
+    local v
+    v=$(sed -n "s/^RESULT $key=//p" "$log" | tail -n 1)
+    echo "${v:-n/a}"
+  else
+    echo "n/a"
+  fi
+}
+
+status=0
+rm -f "$log_dir"/*.log
+
+# ----- 1. open throughput -------------------------------------------------------------------
+run open "$bench/custody_open_bench" --dir "$tmp" || status=1
+
+# ----- 2. peak RSS while sealing 2 GiB -------------------------------------------------------
+seal_args=(--work-dir "$tmp" --size-mib 2048 --seal-tool "$bench/custody_bench_seal_file")
+if [ -x "$build/src/cli/custody" ]; then
+  seal_args+=(--cli "$build/src/cli/custody")
+else
+  echo "bench: the CLI (src/cli/custody) is not in this build; measuring format::SealFile instead"
+fi
+run seal_rss "$bench/custody_seal_rss" "${seal_args[@]}" || status=1
+
+# ----- 3. load time through the engine -------------------------------------------------------
+load_note=""
+if [ ! -x "$bench/custody_load_bench" ]; then
+  load_note="not run: custody_load_bench is not built (no custody::engine in this build)"
+  echo
+  echo "bench: load time $load_note"
+else
+  models="$build/models"
+  if [ ! -f "$models/resnet18.pt" ] || [ ! -f "$models/resnet18.onnx" ]; then
+    echo
+    echo "bench: generating test models into $models"
+    /usr/bin/python3 "$root/tests/models/make_models.py" "$models" || status=1
+  fi
+  ran=0
+  if [ -f "$models/resnet18.pt" ]; then
+    if run load_torchscript "$bench/custody_load_bench" --model "$models/resnet18.pt" \
+      --kind torchscript --dir "$tmp"; then
+      ran=1
+    elif grep -q "Unimplemented\|not supported\|unimplemented" "$log_dir/load_torchscript.log"; then
+      echo "bench: torchscript engine not in this build"
+    else
+      status=1
+    fi
+  fi
+  if [ -f "$models/resnet18.onnx" ]; then
+    if run load_onnx "$bench/custody_load_bench" --model "$models/resnet18.onnx" --kind onnx \
+      --dir "$tmp"; then
+      ran=1
+    elif grep -q "Unimplemented\|not supported\|unimplemented" "$log_dir/load_onnx.log"; then
+      echo "bench: onnx engine not in this build"
+    else
+      status=1
+    fi
+  fi
+  [ "$ran" -eq 1 ] || load_note="not run: no engine could load resnet18 (see $log_dir)"
+fi
+
+# ----- summary --------------------------------------------------------------------------------
+threads=$(result open threads)
+echo
+echo "==================================== bench summary ===================================="
+echo "1. open throughput (256 MiB, 1 MiB chunks, MB/s of plaintext, best of 5)"
+echo "   OpenSSL AES-256-GCM, 1 thread [baseline]  $(result open openssl_mbps)"
+echo "   format::Open threads=1                    $(result open open_single_mbps)"
+echo "   format::Open threads=$threads (all)              $(result open open_all_mbps)"
+echo "   format::OpenFile threads=$threads, warm cache    $(result open openfile_all_mbps)"
+echo "   single/OpenSSL  $(result open ratio_single_openssl)   (target >= 0.90)"
+echo "   all/single      $(result open ratio_all_single)   (target >= 1.70 on $cores cores)"
+echo "   context: Open's destination allocation $(result open alloc_ms) ms;" \
+  "single/OpenSSL-into-fresh-pages $(result open ratio_single_openssl_fresh)"
+echo "2. peak RSS sealing a 2 GiB model"
+read -r rss_mb rss_verdict <<<"$(result seal_rss seal_peak_rss_mb)"
+echo "   $(result seal_rss seal_sealer): $rss_mb MB ${rss_verdict:-}   (target < 64 MB)"
+if [ "$(result seal_rss seal_cli_startup_rss_mb)" != "n/a" ]; then
+  echo "   context: custody --help alone $(result seal_rss seal_cli_startup_rss_mb) MB;" \
+    "format::SealFile alone $(result seal_rss seal_library_rss_mb) MB"
+fi
+echo "3. load time, sealed vs plain resnet18 through the engine (median of 11)"
+if [ -n "$load_note" ]; then
+  echo "   $load_note"
+else
+  for kind in torchscript onnx; do
+    [ -f "$log_dir/load_$kind.log" ] || continue
+    [ "$(result "load_$kind" load_ratio_file)" != "n/a" ] || continue
+    echo "   $kind: file $(result "load_$kind" load_plain_file_ms) ms plain," \
+      "$(result "load_$kind" load_sealed_file_ms) ms sealed:" \
+      "ratio $(result "load_$kind" load_ratio_file)   (target <= 1.10)"
+    echo "   $kind: from memory $(result "load_$kind" load_plain_memory_ms) ms plain," \
+      "$(result "load_$kind" load_sealed_memory_ms) ms sealed:" \
+      "ratio $(result "load_$kind" load_ratio_memory)   (stricter)"
+  done
+fi
+echo "========================================================================================"
+echo "logs: $log_dir"
+exit "$status"
