@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <utility>
 
@@ -63,6 +64,53 @@ void* MapSecretMem(size_t mapped, std::string& why) {
   return p;
 }
 
+// Large regions start on a 2 MiB boundary and ask for transparent huge pages. Why: a model is
+// decrypted into fresh memory, and on 4 KiB pages that costs one fault per page plus a TLB entry
+// per page, which on virtual machines is several times the cost of the decryption itself
+// (docs/OPERATIONS.md, "Memory"). Huge pages are as locked and as excluded from dumps as small
+// ones; where THP is off the advice fails harmlessly and the region stays on small pages. The
+// mapping is trimmed to exactly `mapped` bytes so that unmapping it needs nothing else.
+constexpr size_t kHugePageBytes = size_t{2} << 20;
+
+void* MapAnonymous(size_t mapped) {
+  if (mapped < kHugePageBytes) {
+    void* p = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? nullptr : p;
+  }
+  const size_t slack = kHugePageBytes - PageSize();
+  if (mapped > SIZE_MAX - slack) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  void* raw =
+      mmap(nullptr, mapped + slack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  auto base = reinterpret_cast<uintptr_t>(raw);
+  uintptr_t aligned = (base + kHugePageBytes - 1) & ~(uintptr_t{kHugePageBytes} - 1);
+  if (aligned > base) munmap(raw, aligned - base);
+  uintptr_t end = base + mapped + slack;
+  if (end > aligned + mapped)
+    munmap(reinterpret_cast<void*>(aligned + mapped), end - aligned - mapped);
+  void* p = reinterpret_cast<void*>(aligned);
+  madvise(p, mapped, MADV_HUGEPAGE);  // advice only: EINVAL where THP is disabled
+  return p;
+}
+
+#ifndef MLOCK_ONFAULT
+#define MLOCK_ONFAULT 0x01
+#endif
+
+// Locks the region. Pages are locked as they are first touched (MLOCK_ONFAULT) rather than all
+// populated here: untouched pages hold no secret, the RLIMIT_MEMLOCK check still covers the whole
+// range now, and the kernel's zeroing of fresh pages then happens in whichever threads write them
+// (the parallel opener's), instead of serially in the allocating thread. Kernels before 4.4 lack
+// mlock2; they get a plain mlock.
+int LockPages(void* p, size_t mapped) {
+  if (mlock2(p, mapped, MLOCK_ONFAULT) == 0) return 0;
+  if (errno != ENOSYS && errno != EINVAL) return -1;
+  return mlock(p, mapped);
+}
+
 }  // namespace
 
 std::string MemoryProtection::ToString() const {
@@ -99,8 +147,8 @@ Result<ProtectedRegion> MapProtected(size_t size, SecretBacking backing) {
     AppendDetail(region.protection.detail, why + "; fell back to mlock");
   }
 
-  void* p = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) {
+  void* p = MapAnonymous(mapped);
+  if (p == nullptr) {
     return ErrnoStatus(errno, "mmap of " + std::to_string(mapped) + " bytes for a secret buffer");
   }
   region.data = p;
@@ -113,7 +161,7 @@ Result<ProtectedRegion> MapProtected(size_t size, SecretBacking backing) {
   }
   // Keep the pages out of any child made by fork(): a forked helper must not inherit secrets.
   madvise(p, mapped, MADV_DONTFORK);
-  if (mlock(p, mapped) == 0) {
+  if (LockPages(p, mapped) == 0) {
     region.protection.locked = true;
   } else {
     int err = errno;

@@ -22,6 +22,8 @@ namespace {
 // Where chunk ciphertext comes from. For memory it is read in place; for a file it is read with
 // preadv into the destination (then decrypted in place) so no plaintext-sized staging copy exists
 // and a concurrently truncated file yields an error, not SIGBUS as a mapping would.
+constexpr uint64_t kWorkBatchBytes = uint64_t{2} << 20;
+
 struct ChunkInput {
   ByteSpan memory;  // whole sealed file, when opening from memory
   int fd = -1;      // file descriptor, when opening from a file
@@ -104,8 +106,12 @@ Status DecryptInto(const SealedHeader& header, const ChunkInput& in, ByteSpan de
   const uint64_t chunks = header.chunk_count();
   unsigned threads = options.threads > 0 ? static_cast<unsigned>(options.threads)
                                          : std::max(1u, std::thread::hardware_concurrency());
-  threads = static_cast<unsigned>(std::min<uint64_t>(threads, chunks));
 
+  // Workers take chunks in batches that cover at least 2 MiB of plaintext, so two threads do not
+  // fault the same (huge) page of the fresh destination at once; with 1 MiB chunks that is two
+  // chunks per batch, with 16-byte chunks it is many.
+  const uint64_t batch = std::max<uint64_t>(1, kWorkBatchBytes >> header.chunk_size_log2);
+  threads = static_cast<unsigned>(std::min<uint64_t>(threads, (chunks + batch - 1) / batch));
   std::atomic<uint64_t> next{0};
   std::atomic<bool> failed{false};
   std::vector<Status> errors(threads);
@@ -119,17 +125,20 @@ Status DecryptInto(const SealedHeader& header, const ChunkInput& in, ByteSpan de
       return;
     }
     for (;;) {
-      if (failed.load(std::memory_order_relaxed)) return;
-      uint64_t i = next.fetch_add(1, std::memory_order_relaxed);
-      if (i >= chunks) return;
-      uint64_t off = i << header.chunk_size_log2;
-      size_t len = static_cast<size_t>(std::min(header.chunk_size(), header.plaintext_size - off));
-      Status s = OpenChunk(header, in, *gcm, i, plain.span().subspan(off, len));
-      if (!s.ok()) {
-        errors[t] = s;
-        error_chunk[t] = i;
-        failed = true;
-        return;
+      uint64_t first = next.fetch_add(batch, std::memory_order_relaxed);
+      if (first >= chunks) return;
+      for (uint64_t i = first; i < std::min(chunks, first + batch); ++i) {
+        if (failed.load(std::memory_order_relaxed)) return;
+        uint64_t off = i << header.chunk_size_log2;
+        size_t len =
+            static_cast<size_t>(std::min(header.chunk_size(), header.plaintext_size - off));
+        Status s = OpenChunk(header, in, *gcm, i, plain.span().subspan(off, len));
+        if (!s.ok()) {
+          errors[t] = s;
+          error_chunk[t] = i;
+          failed = true;
+          return;
+        }
       }
     }
   };
