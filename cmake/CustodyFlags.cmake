@@ -15,4 +15,4 @@ endif()
 target_compile_definitions(custody_flags INTERFACE
   $<$<NOT:$<CONFIG:Debug>>:_FORTIFY_SOURCE=2>)
 target_link_options(custody_flags INTERFACE -Wl,-z,relro -Wl,-z,now -Wl,-z,noexecstack)
-set(CMAKE_POSITION_INDEPENDENT_CODE ON PARENT_SCOPE)
+set(CMAKE_POSITION_INDEPENDENT_CODE ON)

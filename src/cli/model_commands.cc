@@ -112,7 +112,8 @@ Status Seal(const SealArgs& a) {
   // Fill in id and time now so the metadata can be validated before any file is written.
   CUSTODY_ASSIGN_OR_RETURN(Bytes id, crypto::RandomBytes(16));
   options.info.model_id = HexEncode(id);
-  options.info.created = format::FormatTimestamp(std::chrono::system_clock::now());
+  options.info.created = format::FormatTimestamp(
+      std::chrono::floor<std::chrono::seconds>(std::chrono::system_clock::now()));
   CUSTODY_RETURN_IF_ERROR(format::ValidateModelInfo(options.info));
   CUSTODY_RETURN_IF_ERROR(CheckModelLooksLikeEngine(a.model, a.engine));
   if (a.dek_out == a.out) return InvalidArgument("--dek-out and --out must be different files");

@@ -4,6 +4,7 @@
 #include <limits>
 #include <utility>
 
+#include "engine/builtin_module.h"
 #include "engine/engine_internal.h"
 
 namespace custody::engine {
@@ -255,27 +256,13 @@ Result<std::unique_ptr<Engine>> LoadEngine(std::string_view kind, ByteSpan model
     return InvalidArgument("LoadOptions::threads is " + std::to_string(options.threads) +
                            ", expected 0 (library default) or a positive count");
   }
-  if (kind == "torchscript") return internal::LoadTorchEngine(model_bytes, options);
-  if (kind == "onnx") return internal::LoadOnnxEngine(model_bytes, options);
+  if (kind == "torchscript" || kind == "onnx") {
+    return internal::LoadBuiltinEngine(kind, model_bytes, options);
+  }
   return internal::LoadPluginEngine(kind, model_bytes, options);
 }
 
 namespace internal {
-
-#ifndef CUSTODY_ENGINE_HAVE_TORCH
-Result<std::unique_ptr<Engine>> LoadTorchEngine(ByteSpan, const LoadOptions&) {
-  return Unimplemented(
-      "engine 'torchscript' is not compiled into this build (configure with "
-      "-DCUSTODY_WITH_TORCH=ON)");
-}
-#endif
-
-#ifndef CUSTODY_ENGINE_HAVE_OPENCV
-Result<std::unique_ptr<Engine>> LoadOnnxEngine(ByteSpan, const LoadOptions&) {
-  return Unimplemented(
-      "engine 'onnx' is not compiled into this build (configure with -DCUSTODY_WITH_OPENCV=ON)");
-}
-#endif
 
 Result<std::vector<TensorSpec>> ReconcileSchema(
     std::string_view what, const std::vector<TensorSpec>& known,

@@ -12,9 +12,10 @@
 
 namespace custody::engine::internal {
 
-// Each returns kUnimplemented when its engine is not compiled in (see engine.cc).
+// The built-in engines' loaders, each in its own module (builtin_module.h).
 Result<std::unique_ptr<Engine>> LoadTorchEngine(ByteSpan model_bytes, const LoadOptions& options);
 Result<std::unique_ptr<Engine>> LoadOnnxEngine(ByteSpan model_bytes, const LoadOptions& options);
+// Plugins through the C ABI (plugin_engine.cc).
 Result<std::unique_ptr<Engine>> LoadPluginEngine(std::string_view kind, ByteSpan model_bytes,
                                                  const LoadOptions& options);
 

@@ -32,6 +32,7 @@
 #include <opencv2/core/utility.hpp>
 #include <opencv2/dnn.hpp>
 
+#include "engine/builtin_module.h"
 #include "engine/engine_internal.h"
 #include "engine/onnx_info.h"
 #include "engine/protected_heap.h"
@@ -350,3 +351,5 @@ Result<std::unique_ptr<Engine>> LoadOnnxEngine(ByteSpan model_bytes, const LoadO
 }
 
 }  // namespace custody::engine::internal
+
+CUSTODY_BUILTIN_ENGINE_MODULE("onnx", ::custody::engine::internal::LoadOnnxEngine)

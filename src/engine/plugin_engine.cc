@@ -3,7 +3,8 @@
 //
 // Why the checks are strict: a plugin runs inside the agent with the decrypted model, so loading
 // the wrong file is worse than failing. Only absolute plugin directories are searched (the
-// working directory never supplies a plugin), world-writable files are refused, the library is
+// working directory never supplies a plugin), world-writable files and files of another user are
+// refused, the library is
 // resolved eagerly (RTLD_NOW, so a missing dependency fails at load, not mid-inference) and
 // locally (RTLD_LOCAL, so its symbols do not interpose on ours), and the kind it declares must
 // match its file name.
@@ -18,6 +19,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include "engine/builtin_module.h"
 #include "engine/custody_engine_plugin.h"
 #include "engine/engine_internal.h"
 #include "engine/protected_heap.h"
@@ -337,12 +339,7 @@ class PluginEngine final : public Engine {
 
 // dlopen + symbol + ABI checks. `path` exists.
 Result<std::shared_ptr<PluginLibrary>> OpenPlugin(const std::string& path, std::string_view kind) {
-  struct stat st {};
-  if (stat(path.c_str(), &st) != 0) return ErrnoStatus(errno, "stat " + path);
-  if (!S_ISREG(st.st_mode)) return FailedPrecondition("plugin " + path + " is not a regular file");
-  if ((st.st_mode & S_IWOTH) != 0) {
-    return FailedPrecondition("plugin " + path + " is world-writable; refusing to load it");
-  }
+  CUSTODY_RETURN_IF_ERROR(CheckLibraryFile(path, "plugin"));
   dlerror();
   void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (handle == nullptr) {

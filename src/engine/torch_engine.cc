@@ -37,6 +37,7 @@
 #include <torch/csrc/jit/api/module.h>
 #include <torch/csrc/jit/serialization/import.h>
 
+#include "engine/builtin_module.h"
 #include "engine/engine_internal.h"
 #include "engine/protected_heap.h"
 
@@ -403,3 +404,5 @@ Result<std::unique_ptr<Engine>> LoadTorchEngine(ByteSpan model_bytes, const Load
 }
 
 }  // namespace custody::engine::internal
+
+CUSTODY_BUILTIN_ENGINE_MODULE("torchscript", ::custody::engine::internal::LoadTorchEngine)

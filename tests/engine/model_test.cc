@@ -7,6 +7,8 @@
 // What is checked, per model:
 //  - it loads from plain bytes and from a SecretBuffer (the path the sealed-file opener takes),
 //    and both give bitwise identical 1x1000 float32 outputs; a second run repeats them exactly;
+//  - sealed with SealFile and opened with OpenFile (the product's path), it gives bitwise the
+//    output of the plain file through the same engine, and a wrong key never reaches the engine;
 //  - truncated and corrupted bytes give a clear Status, never a crash;
 //  - wrong input shapes are rejected with kInvalidArgument;
 //  - the engine reports its memory protection, and it degrades visibly (not fatally) when mlock
@@ -26,7 +28,10 @@
 #include <iostream>
 #include <string>
 
+#include "core/base/file.h"
 #include "core/base/secret_buffer.h"
+#include "core/crypto/crypto.h"
+#include "core/format/sealed.h"
 #include "engine/engine.h"
 #include "engine/engine_test_util.h"
 #include "engine/npy.h"
@@ -174,6 +179,59 @@ TEST_P(ModelTest, PlainBytesAndSecretBufferGiveBitwiseIdenticalOutputs) {
   RecordProperty("load_ms", static_cast<int>(load_ms));
   RecordProperty("first_run_ms", static_cast<int>(first_run_ms));
   RecordProperty("run_ms", static_cast<int>(second_run_ms));
+}
+
+// The product's path end to end: the plain model file sealed with SealFile, opened from the
+// sealed file with OpenFile into protected memory and loaded from there, must give exactly the
+// output of the same engine loading the plain file's bytes. A wrong DEK never reaches the engine.
+TEST_P(ModelTest, SealedFileGivesBitwiseTheOutputOfThePlainFile) {
+  const ModelCase& c = GetParam();
+  Tensor input = Input();
+  Bytes plain = ReadFileBytes(PathOf(c.file));
+  ASSERT_FALSE(plain.empty()) << PathOf(c.file);
+  Result<std::unique_ptr<Engine>> from_plain = LoadEngine(c.kind, plain, LoadOptions{});
+  ASSERT_TRUE(from_plain.has_value()) << from_plain.error().ToString();
+  Result<std::vector<Tensor>> out_plain = (*from_plain)->Run(std::span(&input, 1));
+  ExpectLogits(out_plain);
+
+  char dir_template[] = "/tmp/custody-model-test.XXXXXX";
+  ASSERT_NE(mkdtemp(dir_template), nullptr);
+  const std::string sealed_path = std::string(dir_template) + "/" + c.file + ".sealed";
+  Result<crypto::Ed25519PrivateKey> vendor = crypto::Ed25519PrivateKey::Generate();
+  ASSERT_TRUE(vendor.has_value());
+  Result<SecretBuffer> dek = format::GenerateDek();
+  ASSERT_TRUE(dek.has_value());
+  format::SealOptions seal;
+  seal.info.name = c.model;
+  seal.info.version = "1";
+  seal.info.engine = c.kind;
+  Status sealed =
+      format::SealFile(PathOf(c.file), sealed_path, dek->span(), *vendor, seal, Overwrite::kRefuse);
+  ASSERT_TRUE(sealed.ok()) << sealed.ToString();
+
+  Result<format::OpenedModel> opened =
+      format::OpenFile(sealed_path, dek->span(), vendor->public_key(), format::OpenOptions{});
+  ASSERT_TRUE(opened.has_value()) << opened.error().ToString();
+  EXPECT_EQ(opened->header.info.engine, c.kind);
+  Result<std::unique_ptr<Engine>> from_sealed =
+      LoadEngine(opened->header.info.engine, opened->plaintext.span(), LoadOptions{});
+  ASSERT_TRUE(from_sealed.has_value()) << from_sealed.error().ToString();
+  opened->plaintext = SecretBuffer();  // the engine keeps what it needs in its own memory
+  Result<std::vector<Tensor>> out_sealed = (*from_sealed)->Run(std::span(&input, 1));
+  ExpectLogits(out_sealed);
+  if (out_plain && out_sealed) {
+    EXPECT_EQ((*out_plain)[0].data, (*out_sealed)[0].data) << "sealed and plain outputs differ";
+  }
+
+  Result<SecretBuffer> wrong = format::GenerateDek();
+  ASSERT_TRUE(wrong.has_value());
+  Result<format::OpenedModel> refused =
+      format::OpenFile(sealed_path, wrong->span(), vendor->public_key(), format::OpenOptions{});
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_EQ(refused.error().code(), StatusCode::kUnauthenticated) << refused.error().ToString();
+
+  std::remove(sealed_path.c_str());
+  rmdir(dir_template);
 }
 
 TEST_P(ModelTest, TruncatedOrCorruptedModelIsAClearError) {

@@ -58,7 +58,7 @@ uint64_t ChunkCount(uint64_t plaintext_size, uint8_t chunk_size_log2) {
 
 // ----- timestamps ----------------------------------------------------------------------------
 
-Result<std::chrono::system_clock::time_point> ParseTimestamp(std::string_view s) {
+Result<std::chrono::sys_seconds> ParseTimestamp(std::string_view s) {
   int y, mo, d, h = 23, mi = 59, sec = 59;
   char tail = 0;
   std::string text(s);
@@ -88,11 +88,11 @@ Result<std::chrono::system_clock::time_point> ParseTimestamp(std::string_view s)
   if (back.tm_mday != d || back.tm_mon != mo - 1) {
     return InvalidArgument("'" + text + "' is not a valid calendar date");
   }
-  return std::chrono::system_clock::from_time_t(t);
+  return std::chrono::sys_seconds(std::chrono::seconds(t));
 }
 
-std::string FormatTimestamp(std::chrono::system_clock::time_point t) {
-  time_t tt = std::chrono::system_clock::to_time_t(t);
+std::string FormatTimestamp(std::chrono::sys_seconds t) {
+  time_t tt = static_cast<time_t>(t.time_since_epoch().count());
   std::tm tm{};
   gmtime_r(&tt, &tm);
   char buf[32];

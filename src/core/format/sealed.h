@@ -179,8 +179,10 @@ Result<SecretBuffer> ReadDekFile(const std::string& path);
 // Accepts "YYYY-MM-DD" (meaning the end of that day, 23:59:59Z) or "YYYY-MM-DDTHH:MM:SSZ" and
 // returns the normalised RFC 3339 form.
 Result<std::string> NormaliseTimestamp(std::string_view text);
-Result<std::chrono::system_clock::time_point> ParseTimestamp(std::string_view rfc3339);
-std::string FormatTimestamp(std::chrono::system_clock::time_point t);
+// Seconds precision on purpose: the format allows years up to 9999, and a nanosecond
+// system_clock::time_point overflows after 2262.
+Result<std::chrono::sys_seconds> ParseTimestamp(std::string_view rfc3339);
+std::string FormatTimestamp(std::chrono::sys_seconds t);
 Status ValidateModelInfo(const ModelInfo& info);
 std::string MetadataJson(const ModelInfo& info);
 

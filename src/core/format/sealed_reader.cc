@@ -32,7 +32,9 @@ struct ChunkInput {
 Status CheckExpiry(const SealedHeader& h, const OpenOptions& options) {
   if (!h.info.not_after) return OkStatus();
   CUSTODY_ASSIGN_OR_RETURN(auto not_after, ParseTimestamp(*h.info.not_after));
-  auto now = options.now.value_or(std::chrono::system_clock::now());
+  // Compared in seconds: not_after may lie beyond what a nanosecond time_point can hold.
+  auto now = std::chrono::floor<std::chrono::seconds>(
+      options.now.value_or(std::chrono::system_clock::now()));
   if (now > not_after) {
     return FailedPrecondition("model '" + h.info.name + "' " + h.info.version + " expired at " +
                               *h.info.not_after);

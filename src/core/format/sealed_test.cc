@@ -227,6 +227,22 @@ TEST(SealedFormat, TimestampsParseAndNormalise) {
   EXPECT_FALSE(NormaliseTimestamp("2027-02-30").has_value());
   EXPECT_FALSE(NormaliseTimestamp("tomorrow").has_value());
   EXPECT_FALSE(NormaliseTimestamp("2027-03-01T08:00:00+01:00").has_value());
+  EXPECT_FALSE(NormaliseTimestamp("10000-01-01").has_value());
+}
+
+// Found by the header fuzzer: a year past 2262 overflowed a nanosecond time_point. The format
+// allows years up to 9999, and expiry must still be decided correctly there.
+TEST(SealedFormat, FarFutureDatesParseAndCompare) {
+  EXPECT_EQ(NormaliseTimestamp("9999-12-31").value(), "9999-12-31T23:59:59Z");
+  EXPECT_EQ(NormaliseTimestamp("4052-01-01T00:00:00Z").value(), "4052-01-01T00:00:00Z");
+  EXPECT_LT(ParseTimestamp("2262-04-12T00:00:00Z").value(),
+            ParseTimestamp("9999-12-31T23:59:59Z").value());
+
+  Sealer s;
+  ModelInfo info = TestInfo();
+  info.not_after = "9999-12-31T23:59:59Z";
+  auto opened = s.OpenBytes(s.Seal(Pattern(100), 4, info));
+  ASSERT_TRUE(opened.has_value()) << opened.error().ToString();
 }
 
 }  // namespace

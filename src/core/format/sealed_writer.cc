@@ -47,7 +47,9 @@ Status Seal(const ChunkSource& source, uint64_t plaintext_size, ByteSpan dek,
     CUSTODY_ASSIGN_OR_RETURN(Bytes id, crypto::RandomBytes(16));
     h.info.model_id = HexEncode(id);
   }
-  if (h.info.created.empty()) h.info.created = FormatTimestamp(std::chrono::system_clock::now());
+  if (h.info.created.empty())
+    h.info.created =
+        FormatTimestamp(std::chrono::floor<std::chrono::seconds>(std::chrono::system_clock::now()));
   CUSTODY_RETURN_IF_ERROR(ValidateModelInfo(h.info));
 
   if (options.determinism.salt) {

@@ -1,0 +1,19 @@
+# Corpus replay in the ordinary build (included from tests/CMakeLists.txt): each fuzz target's
+# entry point linked with replay_main.cc and run over its committed corpus by ctest, so inputs
+# that once crashed stay fixed without clang or libFuzzer.
+set(CUSTODY_FUZZ_DIR ${PROJECT_SOURCE_DIR}/fuzz)
+
+function(custody_fuzz_replay name source corpus)
+  add_executable(${name} ${CUSTODY_FUZZ_DIR}/${source} ${CUSTODY_FUZZ_DIR}/replay_main.cc)
+  target_include_directories(${name} PRIVATE ${CUSTODY_FUZZ_DIR})
+  target_link_libraries(${name} PRIVATE custody::core custody::flags)
+  add_test(NAME fuzz.${corpus}_corpus_replays_cleanly
+    COMMAND ${name} ${CUSTODY_FUZZ_DIR}/corpus/${corpus})
+  set_tests_properties(fuzz.${corpus}_corpus_replays_cleanly PROPERTIES LABELS fuzz TIMEOUT 120)
+endfunction()
+
+custody_fuzz_replay(custody_sealed_header_replay sealed_header_fuzzer.cc sealed)
+if(TARGET custody::engine)
+  custody_fuzz_replay(custody_npy_replay npy_fuzzer.cc npy)
+  target_link_libraries(custody_npy_replay PRIVATE custody::engine)
+endif()
