@@ -6,7 +6,7 @@ JOBS        ?= $(shell nproc)
 CMAKE_FLAGS ?=
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps configure build test demo bench fuzz format format-check clean
+.PHONY: all deps configure build test check-clang demo bench fuzz format format-check clean
 
 all: build
 
@@ -19,9 +19,19 @@ configure: deps
 build: configure
 	@cmake --build $(BUILD) -j $(JOBS)
 
-# The whole suite: unit, adversarial, CLI, engine/model and formatting checks.
+# The whole suite: unit, adversarial, CLI, engine/model, corpus-replay and formatting checks, then
+# the same tree built warning-free by the second supported compiler.
 test: build
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 1200
+	@$(MAKE) --no-print-directory check-clang
+
+# Everything (tests and benchmarks included) must also compile with clang under -Werror: its
+# diagnostics differ from gcc's, and libtorch's headers behave differently under it.
+check-clang: deps
+	@CC=clang CXX=clang++ cmake -S . -B build-clang -G Ninja -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) \
+	  -DCUSTODY_WERROR=ON $(CMAKE_FLAGS) >/dev/null
+	@cmake --build build-clang -j $(JOBS)
+	@echo "check-clang: the tree builds warning-free with clang"
 
 # Seal, inspect, verify and run a model end to end, and compare with the plain model.
 demo: build
@@ -49,4 +59,4 @@ format-check:
 	@scripts/check-format.sh
 
 clean:
-	rm -rf $(BUILD) build-bench build-fuzz
+	rm -rf $(BUILD) build-bench build-fuzz build-clang

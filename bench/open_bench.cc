@@ -412,7 +412,9 @@ int Main(int argc, char** argv) {
   std::printf("RESULT ratio_all_single=%.2f %s\n", r_all, Verdict(r_all >= kTargetAllVsSingle));
   std::printf("RESULT ratio_single_openssl_fresh=%.2f\n", r_single_fresh);
   std::printf("RESULT alloc_ms=%.1f\n", t_alloc * 1e3);
+  std::printf("RESULT ratio_loop_openssl=%.2f\n", t_openssl / t_decrypt_single);
   std::printf("RESULT threads=%d\n", all);
+  std::printf("RESULT reps=%d\n", args.reps);
   return 0;
 }
 

@@ -114,15 +114,15 @@ fi
 threads=$(result open threads)
 echo
 echo "==================================== bench summary ===================================="
-echo "1. open throughput (256 MiB, 1 MiB chunks, MB/s of plaintext, best of 5)"
+echo "1. open throughput (256 MiB, 1 MiB chunks, MB/s of plaintext, best of $(result open reps))"
 echo "   OpenSSL AES-256-GCM, 1 thread [baseline]  $(result open openssl_mbps)"
 echo "   format::Open threads=1                    $(result open open_single_mbps)"
 echo "   format::Open threads=$threads (all)              $(result open open_all_mbps)"
 echo "   format::OpenFile threads=$threads, warm cache    $(result open openfile_all_mbps)"
 echo "   single/OpenSSL  $(result open ratio_single_openssl)   (target >= 0.90)"
 echo "   all/single      $(result open ratio_all_single)   (target >= 1.70 on $cores cores)"
-echo "   context: Open's destination allocation $(result open alloc_ms) ms;" \
-  "single/OpenSSL-into-fresh-pages $(result open ratio_single_openssl_fresh)"
+echo "   context: decryption loop alone (touched memory)/OpenSSL $(result open ratio_loop_openssl);" \
+  "OpenSSL into a fresh SecretBuffer/Open $(result open ratio_single_openssl_fresh)"
 echo "2. peak RSS sealing a 2 GiB model"
 read -r rss_mb rss_verdict <<<"$(result seal_rss seal_peak_rss_mb)"
 echo "   $(result seal_rss seal_sealer): $rss_mb MB ${rss_verdict:-}   (target < 64 MB)"
@@ -137,12 +137,13 @@ else
   for kind in torchscript onnx; do
     [ -f "$log_dir/load_$kind.log" ] || continue
     [ "$(result "load_$kind" load_ratio_file)" != "n/a" ] || continue
-    echo "   $kind: file $(result "load_$kind" load_plain_file_ms) ms plain," \
+    echo "   $kind: file $(result "load_$kind" load_plain_file_ms) ms plain (tuned read)," \
       "$(result "load_$kind" load_sealed_file_ms) ms sealed:" \
       "ratio $(result "load_$kind" load_ratio_file)   (target <= 1.10)"
-    echo "   $kind: from memory $(result "load_$kind" load_plain_memory_ms) ms plain," \
-      "$(result "load_$kind" load_sealed_memory_ms) ms sealed:" \
-      "ratio $(result "load_$kind" load_ratio_memory)   (stricter)"
+    echo "   $kind: context: vs plain read into the heap ($(result "load_$kind" load_plain_heap_file_ms) ms)" \
+      "$(result "load_$kind" load_ratio_heap_file); from memory" \
+      "$(result "load_$kind" load_plain_memory_ms) vs $(result "load_$kind" load_sealed_memory_ms) ms:" \
+      "$(result "load_$kind" load_ratio_memory)"
   done
 fi
 echo "========================================================================================"

@@ -29,6 +29,10 @@
 #include <string>
 #include <utility>
 
+// First, on its own: under clang with C++20, libtorch 1.13's List.h instantiates
+// std::vector<IValue> members while IValue is still incomplete unless ivalue.h came first.
+#include <ATen/core/ivalue.h>
+
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <c10/core/CPUAllocator.h>

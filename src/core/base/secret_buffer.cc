@@ -67,7 +67,7 @@ void* MapSecretMem(size_t mapped, std::string& why) {
 // Large regions start on a 2 MiB boundary and ask for transparent huge pages. Why: a model is
 // decrypted into fresh memory, and on 4 KiB pages that costs one fault per page plus a TLB entry
 // per page, which on virtual machines is several times the cost of the decryption itself
-// (docs/OPERATIONS.md, "Memory"). Huge pages are as locked and as excluded from dumps as small
+// (docs/OPERATIONS.md, "Huge pages"). Huge pages are as locked and as excluded from dumps as small
 // ones; where THP is off the advice fails harmlessly and the region stays on small pages. The
 // mapping is trimmed to exactly `mapped` bytes so that unmapping it needs nothing else.
 constexpr size_t kHugePageBytes = size_t{2} << 20;
