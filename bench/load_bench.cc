@@ -36,6 +36,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_util.h"
 #include "core/base/file.h"
 #include "core/base/secret_buffer.h"
 #include "core/format/sealed.h"
@@ -44,26 +45,7 @@
 namespace custody::bench {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
 constexpr double kTargetSealedVsPlain = 1.10;
-
-[[noreturn]] void Die(const std::string& what) {
-  std::fprintf(stderr, "custody_load_bench: %s\n", what.c_str());
-  std::exit(2);
-}
-
-template <typename T>
-T Check(Result<T> r, const std::string& what) {
-  if (!r) Die(what + ": " + r.error().ToString());
-  return std::move(r).value();
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  size_t n = v.size();
-  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 struct Args {
   std::string model;
@@ -74,27 +56,15 @@ struct Args {
 
 Args ParseArgs(int argc, char** argv) {
   Args a;
-  const char* tmp = std::getenv("TMPDIR");
-  a.dir = tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
-  for (int i = 1; i < argc; ++i) {
-    std::string k = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) Die(k + " needs a value");
-      return argv[++i];
-    };
-    if (k == "--model") {
-      a.model = next();
-    } else if (k == "--kind") {
-      a.kind = next();
-    } else if (k == "--runs") {
-      a.runs = std::max(1, std::stoi(next()));
-    } else if (k == "--dir") {
-      a.dir = next();
-    } else {
-      Die("usage: custody_load_bench --model PATH --kind KIND [--runs N] [--dir DIR]");
-    }
-  }
-  if (a.model.empty() || a.kind.empty()) Die("--model and --kind are required");
+  a.dir = DefaultScratchDir();
+  Flags flags;
+  flags.values["--model"] = [&](const std::string& v) { a.model = v; };
+  flags.values["--kind"] = [&](const std::string& v) { a.kind = v; };
+  flags.values["--runs"] = [&](const std::string& v) { a.runs = std::max(1, std::stoi(v)); };
+  flags.values["--dir"] = [&](const std::string& v) { a.dir = v; };
+  const std::string usage = "custody_load_bench --model PATH --kind KIND [--runs N] [--dir DIR]";
+  ParseFlags(argc, argv, flags, usage);
+  if (a.model.empty() || a.kind.empty()) Die("--model and --kind are required; usage: " + usage);
   return a;
 }
 
@@ -129,11 +99,10 @@ struct Timing {
   std::vector<double> input;  // part of `ready`: getting the model bytes (read, or open)
 };
 
-double Since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
+double Since(Clock::time_point t0) { return Seconds(t0, Clock::now()); }
 
 int Main(int argc, char** argv) {
+  InitBench("custody_load_bench");
   const Args args = ParseArgs(argc, argv);
   const uint64_t kMaxModelBytes = 4ull << 30;
   const Bytes plain = Check(ReadFile(args.model, kMaxModelBytes), "read model");
@@ -173,7 +142,7 @@ int Main(int argc, char** argv) {
       t.input.push_back(Since(t0));
       e = load(span_of(bytes));
       t2 = Clock::now();
-      t.ready.push_back(std::chrono::duration<double>(t2 - t0).count());
+      t.ready.push_back(Seconds(t0, t2));
     }
     t.release.push_back(Since(t2));
   };
@@ -224,7 +193,7 @@ int Main(int argc, char** argv) {
   const double ratio = Median(sealed_file.ready) / Median(tuned_file.ready);
   const double ratio_heap = Median(sealed_file.ready) / Median(heap_file.ready);
   const double ratio_memory = Median(sealed_memory.ready) / Median(plain_memory.ready);
-  auto verdict = [](double r) { return r <= kTargetSealedVsPlain ? "PASS" : "MISS"; };
+  auto verdict = [](double r) { return Verdict(r <= kTargetSealedVsPlain); };
   auto row = [](const char* label, const Timing& t) {
     std::printf("  %-52s %8.1f ms  (input %6.1f ms; then %5.1f ms to release it)\n", label,
                 Median(t.ready) * 1e3, Median(t.input) * 1e3, Median(t.release) * 1e3);

@@ -39,6 +39,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench_util.h"
 #include "core/base/file.h"
 #include "core/crypto/crypto.h"
 #include "core/crypto/openssl_ptr.h"
@@ -48,47 +49,10 @@
 namespace custody::bench {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
 constexpr double kTargetSingleVsOpenSsl = 0.90;
 constexpr double kTargetAllVsSingle = 1.70;
 
-[[noreturn]] void Die(const std::string& what) {
-  std::fprintf(stderr, "custody_open_bench: %s\n", what.c_str());
-  std::exit(2);
-}
-
-template <typename T>
-T Check(Result<T> r, const char* what) {
-  if (!r) Die(std::string(what) + ": " + r.error().ToString());
-  return std::move(r).value();
-}
-
-void Check(const Status& s, const char* what) {
-  if (!s.ok()) Die(std::string(what) + ": " + s.ToString());
-}
-
-double Seconds(Clock::time_point a, Clock::time_point b) {
-  return std::chrono::duration<double>(b - a).count();
-}
-
 double MBps(uint64_t bytes, double seconds) { return static_cast<double>(bytes) / seconds / 1e6; }
-
-// Deterministic, incompressible-looking filler (splitmix64); the content does not matter to
-// AES-GCM, but zeros would make the test look contrived.
-void FillPseudoRandom(MutableByteSpan out, uint64_t seed) {
-  uint64_t x = seed;
-  size_t i = 0;
-  for (; i + 8 <= out.size(); i += 8) {
-    x += 0x9e3779b97f4a7c15ull;
-    uint64_t z = x;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    std::memcpy(out.data() + i, &z, 8);
-  }
-  for (; i < out.size(); ++i) out[i] = static_cast<uint8_t>(i);
-}
 
 // Best (shortest) of `reps` timings of `fn`, which returns its own measured seconds.
 double Best(int reps, const std::function<double()>& fn) {
@@ -192,8 +156,6 @@ void PrintMs(const std::string& label, double seconds) {
   std::printf("  %-62s %8.3f ms\n", label.c_str(), seconds * 1e3);
 }
 
-const char* Verdict(bool pass) { return pass ? "PASS" : "MISS"; }
-
 struct Args {
   uint64_t size_mib = 256;
   int reps = 9;
@@ -202,28 +164,17 @@ struct Args {
 
 Args ParseArgs(int argc, char** argv) {
   Args a;
-  const char* tmp = std::getenv("TMPDIR");
-  a.dir = tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
-  for (int i = 1; i < argc; ++i) {
-    std::string k = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) Die(k + " needs a value");
-      return argv[++i];
-    };
-    if (k == "--size-mib") {
-      a.size_mib = std::stoull(next());
-    } else if (k == "--reps") {
-      a.reps = std::max(1, std::stoi(next()));
-    } else if (k == "--dir") {
-      a.dir = next();
-    } else {
-      Die("usage: custody_open_bench [--size-mib N] [--reps N] [--dir DIR]");
-    }
-  }
+  a.dir = DefaultScratchDir();
+  Flags flags;
+  flags.values["--size-mib"] = [&](const std::string& v) { a.size_mib = std::stoull(v); };
+  flags.values["--reps"] = [&](const std::string& v) { a.reps = std::max(1, std::stoi(v)); };
+  flags.values["--dir"] = [&](const std::string& v) { a.dir = v; };
+  ParseFlags(argc, argv, flags, "custody_open_bench [--size-mib N] [--reps N] [--dir DIR]");
   return a;
 }
 
 int Main(int argc, char** argv) {
+  InitBench("custody_open_bench");
   const Args args = ParseArgs(argc, argv);
   const uint64_t size = args.size_mib << 20;
   const int all = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -234,7 +185,8 @@ int Main(int argc, char** argv) {
 
   // ----- the model, sealed once --------------------------------------------------------------
   Bytes plain(size);
-  FillPseudoRandom(plain, 0x637573746f6479ull);
+  uint64_t filler = 0x637573746f6479ull;
+  FillPseudoRandom(plain, &filler);
   auto vendor = Check(crypto::Ed25519PrivateKey::Generate(), "vendor key");
   SecretBuffer dek = Check(format::GenerateDek(), "DEK");
   format::SealOptions seal_options;

@@ -34,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "core/format/sealed.h"
 
 namespace custody::bench {
@@ -57,12 +58,6 @@ void Cleanup() {
   g_work_dir.clear();
 }
 
-[[noreturn]] void Die(const std::string& what) {
-  std::fprintf(stderr, "custody_seal_rss: %s\n", what.c_str());
-  Cleanup();
-  std::exit(2);
-}
-
 struct Args {
   std::string work_dir;
   uint64_t size_mib = 2048;
@@ -73,27 +68,15 @@ struct Args {
 
 Args ParseArgs(int argc, char** argv) {
   Args a;
-  for (int i = 1; i < argc; ++i) {
-    std::string k = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) Die(k + " needs a value");
-      return argv[++i];
-    };
-    if (k == "--work-dir") {
-      a.work_dir = next();
-    } else if (k == "--size-mib") {
-      a.size_mib = std::stoull(next());
-    } else if (k == "--cli") {
-      a.cli = next();
-    } else if (k == "--seal-tool") {
-      a.seal_tool = next();
-    } else if (k == "--keep") {
-      a.keep = true;
-    } else {
-      Die("usage: custody_seal_rss --work-dir DIR [--size-mib N] [--cli PATH] [--seal-tool PATH] "
-          "[--keep]");
-    }
-  }
+  Flags flags;
+  flags.values["--work-dir"] = [&](const std::string& v) { a.work_dir = v; };
+  flags.values["--size-mib"] = [&](const std::string& v) { a.size_mib = std::stoull(v); };
+  flags.values["--cli"] = [&](const std::string& v) { a.cli = v; };
+  flags.values["--seal-tool"] = [&](const std::string& v) { a.seal_tool = v; };
+  flags.switches["--keep"] = [&] { a.keep = true; };
+  ParseFlags(argc, argv, flags,
+             "custody_seal_rss --work-dir DIR [--size-mib N] [--cli PATH] [--seal-tool PATH] "
+             "[--keep]");
   if (a.work_dir.empty() || (a.cli.empty() && a.seal_tool.empty())) {
     Die("need --work-dir and at least one of --cli / --seal-tool");
   }
@@ -104,18 +87,12 @@ Args ParseArgs(int argc, char** argv) {
 void WriteModel(const std::string& path, uint64_t bytes) {
   int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) Die("create " + path + ": " + std::strerror(errno));
-  std::vector<uint64_t> block((1u << 20) / 8);
-  uint64_t x = 0x5ea1ed;
+  Bytes block(1u << 20);
+  uint64_t state = 0x5ea1ed;
   for (uint64_t done = 0; done < bytes;) {
-    for (auto& w : block) {
-      x += 0x9e3779b97f4a7c15ull;
-      uint64_t z = x;
-      z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-      z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-      w = z ^ (z >> 31);
-    }
-    size_t n = static_cast<size_t>(std::min<uint64_t>(block.size() * 8, bytes - done));
-    const auto* p = reinterpret_cast<const uint8_t*>(block.data());
+    FillPseudoRandom(block, &state);
+    size_t n = static_cast<size_t>(std::min<uint64_t>(block.size(), bytes - done));
+    const uint8_t* p = block.data();
     for (size_t off = 0; off < n;) {
       ssize_t w = write(fd, p + off, n - off);
       if (w < 0 && errno == EINTR) continue;
@@ -206,6 +183,7 @@ ChildResult Measure(const std::string& label, const std::vector<std::string>& cm
 }
 
 int Main(int argc, char** argv) {
+  InitBench("custody_seal_rss", &Cleanup);
   const Args args = ParseArgs(argc, argv);
   const uint64_t size = args.size_mib << 20;
   std::string tmpl = args.work_dir + "/seal_rss.XXXXXX";
