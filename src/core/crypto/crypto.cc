@@ -593,7 +593,7 @@ Result<std::array<uint8_t, kEd25519SignatureBytes>> Ed25519PrivateKey::Sign(
   return signature;
 }
 
-// ----- ECDH on P-256 ------------------------------------------------------------------------
+// ----- ECDH and ECDSA on P-256 -------------------------------------------------------------
 
 Result<P256PublicKey> P256PublicKey::FromUncompressed(ByteSpan point) {
   if (point.size() != kP256PublicKeyBytes || point[0] != 0x04) {
@@ -690,6 +690,78 @@ Result<SecretBuffer> P256PrivateKey::Ecdh(const P256PublicKey& peer) const {
     return OpenSslFailure("ECDH derive");
   }
   return z;
+}
+
+namespace {
+
+// EVP_PKEY_sign/verify on an EC key operate on a digest the caller supplies and speak DER
+// (ECDSA-Sig-Value); ECDSA_SIG is only the bridge between DER and the fixed r ‖ s form.
+Result<EvpPkeyCtxPtr> EcdsaContext(EVP_PKEY* key, bool sign) {
+  EvpPkeyCtxPtr ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, key, nullptr));
+  if (!ctx) return OpenSslFailure("EVP_PKEY_CTX_new_from_pkey");
+  int rc = sign ? EVP_PKEY_sign_init(ctx.get()) : EVP_PKEY_verify_init(ctx.get());
+  // Naming the digest makes OpenSSL check that the input is exactly 32 bytes.
+  if (rc != 1 || EVP_PKEY_CTX_set_signature_md(ctx.get(), Sha256Md()) != 1) {
+    return OpenSslFailure(sign ? "ECDSA sign init" : "ECDSA verify init");
+  }
+  return ctx;
+}
+
+}  // namespace
+
+Status P256PublicKey::VerifyDigest(const Sha256Digest& digest, ByteSpan r_s) const {
+  if (!key_) return FailedPrecondition("ECDSA verify with an empty P-256 public key object");
+  if (r_s.size() != kP256SignatureBytes) {
+    return InvalidArgument("ECDSA P-256 signature must be " + std::to_string(kP256SignatureBytes) +
+                           " bytes (r || s), got " + std::to_string(r_s.size()));
+  }
+  EcdsaSigPtr sig(ECDSA_SIG_new());
+  BignumPtr r(BN_bin2bn(r_s.data(), kP256CoordinateBytes, nullptr));
+  BignumPtr s(BN_bin2bn(r_s.data() + kP256CoordinateBytes, kP256CoordinateBytes, nullptr));
+  if (!sig || !r || !s || ECDSA_SIG_set0(sig.get(), r.get(), s.get()) != 1) {
+    return OpenSslFailure("building an ECDSA signature");
+  }
+  // ECDSA_SIG_set0 took ownership of r and s.
+  (void)r.release();
+  (void)s.release();
+  int der_len = i2d_ECDSA_SIG(sig.get(), nullptr);
+  if (der_len <= 0) return OpenSslFailure("encoding an ECDSA signature");
+  Bytes der(static_cast<size_t>(der_len));
+  unsigned char* der_end = der.data();
+  if (i2d_ECDSA_SIG(sig.get(), &der_end) != der_len) {
+    return OpenSslFailure("encoding an ECDSA signature");
+  }
+  CUSTODY_ASSIGN_OR_RETURN(EvpPkeyCtxPtr ctx, EcdsaContext(key_.get(), /*sign=*/false));
+  int rc = EVP_PKEY_verify(ctx.get(), der.data(), der.size(), digest.data(), digest.size());
+  if (rc != 1) {
+    // 0 is a mismatch; a negative value is r or s out of [1, n-1], which does not verify either.
+    ERR_clear_error();
+    return Unauthenticated("signature does not verify");
+  }
+  return OkStatus();
+}
+
+Result<P256Signature> P256PrivateKey::SignDigest(const Sha256Digest& digest) const {
+  if (!key_) return FailedPrecondition("ECDSA sign with an empty P-256 private key object");
+  CUSTODY_ASSIGN_OR_RETURN(EvpPkeyCtxPtr ctx, EcdsaContext(key_.get(), /*sign=*/true));
+  size_t der_len = 0;
+  if (EVP_PKEY_sign(ctx.get(), nullptr, &der_len, digest.data(), digest.size()) != 1) {
+    return OpenSslFailure("ECDSA signature size");
+  }
+  Bytes der(der_len);
+  if (EVP_PKEY_sign(ctx.get(), der.data(), &der_len, digest.data(), digest.size()) != 1) {
+    return OpenSslFailure("ECDSA sign");
+  }
+  const unsigned char* p = der.data();
+  EcdsaSigPtr sig(d2i_ECDSA_SIG(nullptr, &p, static_cast<long>(der_len)));
+  if (!sig) return OpenSslFailure("decoding the ECDSA signature OpenSSL produced");
+  P256Signature out{};
+  if (BN_bn2binpad(ECDSA_SIG_get0_r(sig.get()), out.data(), kP256CoordinateBytes) < 0 ||
+      BN_bn2binpad(ECDSA_SIG_get0_s(sig.get()), out.data() + kP256CoordinateBytes,
+                   kP256CoordinateBytes) < 0) {
+    return OpenSslFailure("encoding r and s");
+  }
+  return out;
 }
 
 // ----- ECIES --------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ inline constexpr size_t kEd25519PublicKeyBytes = 32;
 inline constexpr size_t kEd25519SignatureBytes = 64;
 inline constexpr size_t kP256PublicKeyBytes = 65;  // uncompressed SEC1 point: 0x04 ‖ X ‖ Y
 inline constexpr size_t kP256SharedSecretBytes = 32;
+inline constexpr size_t kP256SignatureBytes = 64;  // r ‖ s, 32 bytes each, big-endian
 
 using Sha256Digest = std::array<uint8_t, kSha256Bytes>;
 
@@ -117,7 +118,12 @@ class Ed25519PrivateKey {
   Ed25519PublicKey public_;
 };
 
-// ----- ECDH on P-256 ------------------------------------------------------------------------
+// ----- ECDH and ECDSA on P-256 -------------------------------------------------------------
+// ECDSA here signs and verifies a SHA-256 digest the caller computed (the TPM signs digests:
+// TPM2_Quote's attestation hash, TPM2_PolicyAuthorize's aHash). Signatures are the fixed-size
+// r ‖ s form TPMT_SIGNATURE carries, not DER.
+using P256Signature = std::array<uint8_t, kP256SignatureBytes>;
+
 class P256PublicKey {
  public:
   // Accepts an uncompressed SEC1 point (65 bytes) and checks it is on the curve.
@@ -126,6 +132,10 @@ class P256PublicKey {
   const std::array<uint8_t, kP256PublicKeyBytes>& uncompressed() const { return point_; }
   std::string ToPem() const;
   EVP_PKEY* get() const { return key_.get(); }
+  // ECDSA verification of `r_s` (r ‖ s, 64 bytes) over `digest`. kUnauthenticated "signature
+  // does not verify" on mismatch (including r or s out of range); kInvalidArgument on a length
+  // other than 64.
+  Status VerifyDigest(const Sha256Digest& digest, ByteSpan r_s) const;
 
  private:
   std::array<uint8_t, kP256PublicKeyBytes> point_{};
@@ -140,6 +150,9 @@ class P256PrivateKey {
   const P256PublicKey& public_key() const { return public_; }
   // The raw ECDH shared secret: the X coordinate of d·Q (32 bytes), as TPM2_ECDH_ZGen returns.
   Result<SecretBuffer> Ecdh(const P256PublicKey& peer) const;
+  // ECDSA signature over a SHA-256 digest, as r ‖ s (each left-padded to 32 bytes). The nonce
+  // comes from OpenSSL's CSPRNG, so two signatures of one digest differ.
+  Result<P256Signature> SignDigest(const Sha256Digest& digest) const;
 
  private:
   std::shared_ptr<EVP_PKEY> key_;

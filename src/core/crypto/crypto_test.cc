@@ -10,20 +10,17 @@
 #include <string>
 #include <vector>
 
+#include "core/base/test_util.h"
+
 namespace custody::crypto {
 namespace {
 
-Bytes Hex(std::string_view hex) {
-  Result<Bytes> bytes = HexDecode(hex);
-  if (!bytes) ADD_FAILURE() << "bad hex in test: " << bytes.error().ToString();
-  return bytes ? *bytes : Bytes();
-}
+using custody::testing::Hex;
+using custody::testing::ToBytes;
 
 bool AllZero(ByteSpan bytes) {
   return std::all_of(bytes.begin(), bytes.end(), [](uint8_t b) { return b == 0; });
 }
-
-Bytes ToBytes(ByteSpan span) { return Bytes(span.begin(), span.end()); }
 
 std::string Str(ByteSpan span) { return std::string(AsChars(span)); }
 
@@ -882,6 +879,167 @@ TEST_F(EciesTest, UnwrapWithWrongRecipientPublicKeyFails) {
   EcdhFunction zgen = [&](const P256PublicKey& e) { return recipient_.Ecdh(e); };
   EXPECT_EQ(EciesUnwrapWith(zgen, other->public_key(), envelope, AsBytes("ctx")).error().code(),
             StatusCode::kUnauthenticated);
+}
+
+// ----- ECDSA P-256 over a digest --------------------------------------------------------------
+
+// The EVP_PKEY of one of our private keys, through its PKCS#8 PEM (the API does not expose it).
+EvpPkeyPtr EvpKeyOf(const P256PrivateKey& key) {
+  Result<SecretBuffer> pem = key.ToPem();
+  EXPECT_TRUE(pem.ok());
+  BioPtr bio(BIO_new_mem_buf(pem->data(), static_cast<int>(pem->size())));
+  return EvpPkeyPtr(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
+}
+
+Bytes DerFromRs(ByteSpan r_s) {
+  EcdsaSigPtr sig(ECDSA_SIG_new());
+  BIGNUM* r = BN_bin2bn(r_s.data(), 32, nullptr);
+  BIGNUM* s = BN_bin2bn(r_s.data() + 32, 32, nullptr);
+  EXPECT_EQ(ECDSA_SIG_set0(sig.get(), r, s), 1);
+  Bytes der(static_cast<size_t>(i2d_ECDSA_SIG(sig.get(), nullptr)));
+  unsigned char* p = der.data();
+  EXPECT_EQ(i2d_ECDSA_SIG(sig.get(), &p), static_cast<int>(der.size()));
+  return der;
+}
+
+P256Signature RsFromDer(ByteSpan der) {
+  const unsigned char* p = der.data();
+  EcdsaSigPtr sig(d2i_ECDSA_SIG(nullptr, &p, static_cast<long>(der.size())));
+  EXPECT_TRUE(sig);
+  P256Signature out{};
+  EXPECT_EQ(BN_bn2binpad(ECDSA_SIG_get0_r(sig.get()), out.data(), 32), 32);
+  EXPECT_EQ(BN_bn2binpad(ECDSA_SIG_get0_s(sig.get()), out.data() + 32, 32), 32);
+  return out;
+}
+
+class EcdsaP256Test : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    Result<P256PrivateKey> key = P256PrivateKey::Generate();
+    ASSERT_TRUE(key.ok());
+    key_ = std::move(key).value();
+  }
+  P256PrivateKey key_;
+  Sha256Digest digest_ = Sha256(AsBytes("a TPM attestation"));
+};
+
+TEST_F(EcdsaP256Test, SignDigestRoundTripsAndIsRandomised) {
+  Result<P256Signature> a = key_.SignDigest(digest_);
+  Result<P256Signature> b = key_.SignDigest(digest_);
+  ASSERT_TRUE(a.ok() && b.ok()) << a.error().ToString();
+  EXPECT_TRUE(key_.public_key().VerifyDigest(digest_, *a).ok());
+  EXPECT_TRUE(key_.public_key().VerifyDigest(digest_, *b).ok());
+  EXPECT_NE(*a, *b);
+}
+
+// RFC 6979 A.2.5: P-256, SHA-256, messages "sample" and "test" (deterministic k; any valid
+// ECDSA verifier accepts them).
+TEST_F(EcdsaP256Test, VerifyDigestAcceptsRfc6979Vectors) {
+  Result<P256PublicKey> pub = P256PublicKey::FromUncompressed(
+      Hex("0460fed4ba255a9d31c961eb74c6356d68c049b8923b61fa6ce669622e60f29fb6"
+          "7903fe1008b8bc99a41ae9e95628bc64f2f1b20c2d7e9f5177a3c294d4462299"));
+  ASSERT_TRUE(pub.ok());
+  EXPECT_TRUE(
+      pub->VerifyDigest(Sha256(AsBytes("sample")),
+                        Hex("efd48b2aacb6a8fd1140dd9cd45e81d69d2c877b56aaf991c34d0ea84eaf3716"
+                            "f7cb1c942d657c41d436c7a1b6e29f65f3e900dbb9aff4064dc4ab2f843acda8"))
+          .ok());
+  EXPECT_TRUE(
+      pub->VerifyDigest(Sha256(AsBytes("test")),
+                        Hex("f1abb023518351cd71d881567b1ea663ed3efcf6c5132b354f28d3b0b7d38367"
+                            "019f4113742a2b14bd25926b49c649155f267e60d3814b4c0cc84250e46f0083"))
+          .ok());
+  EXPECT_EQ(
+      pub->VerifyDigest(Sha256(AsBytes("tesT")),
+                        Hex("f1abb023518351cd71d881567b1ea663ed3efcf6c5132b354f28d3b0b7d38367"
+                            "019f4113742a2b14bd25926b49c649155f267e60d3814b4c0cc84250e46f0083"))
+          .code(),
+      StatusCode::kUnauthenticated);
+}
+
+TEST_F(EcdsaP256Test, InteroperatesWithEvpDigestSignAndVerify) {
+  EvpPkeyPtr evp = EvpKeyOf(key_);
+  ASSERT_TRUE(evp);
+  const std::string message = "TPMS_ATTEST bytes";
+  // OpenSSL signs the message (hashing it itself); we verify over its SHA-256.
+  EvpMdCtxPtr sign_ctx(EVP_MD_CTX_new());
+  ASSERT_EQ(EVP_DigestSignInit_ex(sign_ctx.get(), nullptr, "SHA256", nullptr, nullptr, evp.get(),
+                                  nullptr),
+            1);
+  size_t der_len = 0;
+  ASSERT_EQ(
+      EVP_DigestSign(sign_ctx.get(), nullptr, &der_len, AsBytes(message).data(), message.size()),
+      1);
+  Bytes der(der_len);
+  ASSERT_EQ(
+      EVP_DigestSign(sign_ctx.get(), der.data(), &der_len, AsBytes(message).data(), message.size()),
+      1);
+  der.resize(der_len);
+  EXPECT_TRUE(key_.public_key().VerifyDigest(Sha256(AsBytes(message)), RsFromDer(der)).ok());
+
+  // We sign the digest; OpenSSL verifies over the message.
+  Result<P256Signature> ours = key_.SignDigest(Sha256(AsBytes(message)));
+  ASSERT_TRUE(ours.ok());
+  Bytes our_der = DerFromRs(*ours);
+  EvpMdCtxPtr verify_ctx(EVP_MD_CTX_new());
+  ASSERT_EQ(EVP_DigestVerifyInit_ex(verify_ctx.get(), nullptr, "SHA256", nullptr, nullptr,
+                                    key_.public_key().get(), nullptr),
+            1);
+  EXPECT_EQ(EVP_DigestVerify(verify_ctx.get(), our_der.data(), our_der.size(),
+                             AsBytes(message).data(), message.size()),
+            1);
+}
+
+TEST_F(EcdsaP256Test, VerifyRejectsEverySignatureAndDigestBitFlip) {
+  Result<P256Signature> sig = key_.SignDigest(digest_);
+  ASSERT_TRUE(sig.ok());
+  for (size_t bit = 0; bit < sig->size() * 8; ++bit) {
+    P256Signature bad = *sig;
+    bad[bit / 8] ^= static_cast<uint8_t>(1u << (bit % 8));
+    Status st = key_.public_key().VerifyDigest(digest_, bad);
+    ASSERT_EQ(st.code(), StatusCode::kUnauthenticated) << "signature bit " << bit;
+    EXPECT_EQ(st.message(), "signature does not verify");
+  }
+  for (size_t bit = 0; bit < digest_.size() * 8; ++bit) {
+    Sha256Digest bad = digest_;
+    bad[bit / 8] ^= static_cast<uint8_t>(1u << (bit % 8));
+    ASSERT_EQ(key_.public_key().VerifyDigest(bad, *sig).code(), StatusCode::kUnauthenticated)
+        << "digest bit " << bit;
+  }
+  EXPECT_TRUE(OpenSslErrors().empty());
+}
+
+TEST_F(EcdsaP256Test, VerifyRejectsAnotherKeysSignature) {
+  Result<P256PrivateKey> other = P256PrivateKey::Generate();
+  ASSERT_TRUE(other.ok());
+  Result<P256Signature> sig = other->SignDigest(digest_);
+  ASSERT_TRUE(sig.ok());
+  EXPECT_EQ(key_.public_key().VerifyDigest(digest_, *sig).code(), StatusCode::kUnauthenticated);
+}
+
+TEST_F(EcdsaP256Test, VerifyRejectsOutOfRangeScalarsAndWrongLengths) {
+  Result<P256Signature> sig = key_.SignDigest(digest_);
+  ASSERT_TRUE(sig.ok());
+  const Bytes order = Hex("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551");
+  P256Signature zero_r = *sig;
+  std::fill(zero_r.begin(), zero_r.begin() + 32, 0);
+  P256Signature zero_s = *sig;
+  std::fill(zero_s.begin() + 32, zero_s.end(), 0);
+  P256Signature r_is_n = *sig;
+  std::copy(order.begin(), order.end(), r_is_n.begin());
+  P256Signature all_ff{};
+  all_ff.fill(0xff);
+  for (const P256Signature& bad : {zero_r, zero_s, r_is_n, all_ff, P256Signature{}}) {
+    EXPECT_EQ(key_.public_key().VerifyDigest(digest_, bad).code(), StatusCode::kUnauthenticated);
+  }
+  EXPECT_EQ(key_.public_key().VerifyDigest(digest_, ByteSpan(*sig).first(63)).code(),
+            StatusCode::kInvalidArgument);
+  Bytes longer(sig->begin(), sig->end());
+  longer.push_back(0);
+  EXPECT_EQ(key_.public_key().VerifyDigest(digest_, longer).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(P256PublicKey().VerifyDigest(digest_, *sig).code(), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(P256PrivateKey().SignDigest(digest_).error().code(), StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(OpenSslErrors().empty());
 }
 
 // ----- OpenSSL error text -------------------------------------------------------------------
