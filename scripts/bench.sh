@@ -9,7 +9,9 @@
 #                        model (and of format::SealFile alone);
 #   3. load time         BUILD_DIR/bench/custody_load_bench: sealed vs plain resnet18 through the
 #                        engine (needs the engine library; models are generated into
-#                        BUILD_DIR/models with tests/models/make_models.py if missing).
+#                        BUILD_DIR/models with tests/models/make_models.py if missing);
+#   4. TPM               BUILD_DIR/bench/custody_tpm_bench: quote verifications per second (pure
+#                        code) and quote / ECDH_ZGen / NV increment latency against swtpm.
 # Scratch files go to BUILD_DIR/bench-tmp and are removed. Misses are reported, not failures: the
 # script fails only if a benchmark cannot run. The figures are only as quiet as the machine:
 # the load average is printed first, and a busy machine is called out.
@@ -110,6 +112,9 @@ else
   [ "$ran" -eq 1 ] || load_note="not run: no engine could load resnet18 (see $log_dir)"
 fi
 
+# ----- 4. TPM: verifier throughput, device-side latency against swtpm -----------------------
+run tpm "$bench/custody_tpm_bench" || status=1
+
 # ----- summary --------------------------------------------------------------------------------
 threads=$(result open threads)
 echo
@@ -146,6 +151,11 @@ else
       "$(result "load_$kind" load_ratio_memory)"
   done
 fi
+echo "4. TPM (verifier: 1 thread, pure code; device side: against swtpm, median/p99)"
+echo "   quote verifications/s $(result tpm quote_verify_per_s)" \
+  "(OpenSSL ECDSA-P256 verify alone: $(result tpm ecdsa_verify_per_s)/s, ratio $(result tpm verify_vs_ecdsa))"
+echo "   TPM2_Quote $(result tpm quote_ms) ms; ECDH_ZGen under policy $(result tpm zgen_ms) ms;" \
+  "NV increment $(result tpm nv_increment_ms) ms"
 echo "========================================================================================"
 echo "logs: $log_dir"
 exit "$status"
