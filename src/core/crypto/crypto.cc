@@ -619,10 +619,12 @@ Result<P256PublicKey> P256PublicKey::FromUncompressed(ByteSpan point) {
   }
   EvpPkeyPtr key(raw_key);
   // Belt and braces, and independent of how a given OpenSSL version decodes points: on the
-  // curve, not the point at infinity, in the prime-order subgroup.
+  // curve and not the point at infinity. P-256 has cofactor 1, so every such point is in the
+  // prime-order subgroup; the full check would add n·Q = O, a scalar multiplication as costly as
+  // a signature verification, on every key a verifier parses.
   EvpPkeyCtxPtr check(EVP_PKEY_CTX_new_from_pkey(nullptr, key.get(), nullptr));
   if (!check) return OpenSslFailure("EVP_PKEY_CTX_new_from_pkey");
-  if (EVP_PKEY_public_check(check.get()) != 1) {
+  if (EVP_PKEY_public_check_quick(check.get()) != 1) {
     ERR_clear_error();
     return InvalidArgument("P-256 public key is not a point on the curve");
   }

@@ -74,8 +74,9 @@ Status CheckAttributes(const TPMT_PUBLIC& pub, std::span<const AttributeRule> ru
 }
 
 // Algorithm checks shared by the AK and the binding key: both are ECC P-256 with a SHA-256 Name,
-// and carry a public point that is on the curve.
-Status CheckEccP256(const TPMT_PUBLIC& pub, std::string_view key, Status (*fail)(std::string)) {
+// and carry a public point that is on the curve, which is returned.
+Result<crypto::P256PublicKey> CheckEccP256(const TPMT_PUBLIC& pub, std::string_view key,
+                                           Status (*fail)(std::string)) {
   if (pub.type != TPM2_ALG_ECC) {
     return fail(std::string(key) + " type is " + AlgHex(pub.type) + ", expected ECC (0x0023)");
   }
@@ -89,13 +90,29 @@ Status CheckEccP256(const TPMT_PUBLIC& pub, std::string_view key, Status (*fail)
   }
   Result<crypto::P256PublicKey> point = EccPublicKey(pub);
   if (!point) return point.error().WithContext(key);
-  return OkStatus();
+  return point;
 }
 
 Result<TPMT_PUBLIC> ParsePublic(ByteSpan bytes, std::string_view key) {
   Result<TPMT_PUBLIC> pub = UnmarshalPublic2B(bytes);
   if (!pub) return pub.error().WithContext(key);
   return pub;
+}
+
+// The AK's public key, after every check CheckAkPublic makes (parsed once per attestation).
+Result<crypto::P256PublicKey> AkKey(ByteSpan ak_public) {
+  CUSTODY_ASSIGN_OR_RETURN(TPMT_PUBLIC pub, ParsePublic(ak_public, "AK"));
+  CUSTODY_ASSIGN_OR_RETURN(crypto::P256PublicKey key, CheckEccP256(pub, "AK", InvalidArgument));
+  CUSTODY_RETURN_IF_ERROR(CheckAttributes(pub, kAkAttributes, "AK", InvalidArgument));
+  const TPMT_ECC_SCHEME& scheme = pub.parameters.eccDetail.scheme;
+  CUSTODY_RETURN_IF_ERROR(
+      CheckEcdsaSha256(scheme.scheme, scheme.details.ecdsa.hashAlg, "AK signing"));
+  return key;
+}
+
+Status VerifyWith(const crypto::P256PublicKey& key, ByteSpan signed_bytes, ByteSpan signature) {
+  CUSTODY_ASSIGN_OR_RETURN(crypto::P256Signature r_s, ParseEcdsaSignature(signature));
+  return key.VerifyDigest(crypto::Sha256(signed_bytes), r_s);
 }
 
 // The attested bytes are interpreted only here, and only after the AK's signature over them
@@ -106,9 +123,8 @@ Result<TPMS_ATTEST> OpenAttestation(const Attestation& attestation, ByteSpan ak_
     return InvalidArgument(std::string(what) + ": no nonce to check against (every " +
                            std::string(what) + " must answer a fresh custodian nonce)");
   }
-  Status ak = CheckAkPublic(ak_public);
-  if (!ak.ok()) return ak;
-  Status signature = VerifyTpmSignature(ak_public, attestation.attest, attestation.signature);
+  CUSTODY_ASSIGN_OR_RETURN(crypto::P256PublicKey ak, AkKey(ak_public));
+  Status signature = VerifyWith(ak, attestation.attest, attestation.signature);
   if (!signature.ok()) {
     if (signature.code() == StatusCode::kUnauthenticated) {
       return Unauthenticated(std::string(what) +
@@ -229,17 +245,11 @@ Result<std::string> MatchGolden(const std::vector<GoldenPcrSet>& golden, const P
 
 }  // namespace
 
-Status CheckAkPublic(ByteSpan ak_public) {
-  CUSTODY_ASSIGN_OR_RETURN(TPMT_PUBLIC pub, ParsePublic(ak_public, "AK"));
-  CUSTODY_RETURN_IF_ERROR(CheckEccP256(pub, "AK", InvalidArgument));
-  CUSTODY_RETURN_IF_ERROR(CheckAttributes(pub, kAkAttributes, "AK", InvalidArgument));
-  const TPMT_ECC_SCHEME& scheme = pub.parameters.eccDetail.scheme;
-  return CheckEcdsaSha256(scheme.scheme, scheme.details.ecdsa.hashAlg, "AK signing");
-}
+Status CheckAkPublic(ByteSpan ak_public) { return AkKey(ak_public).status(); }
 
 Status CheckBindingKeyPublic(ByteSpan binding_public, const crypto::Sha256Digest& expected_policy) {
   CUSTODY_ASSIGN_OR_RETURN(TPMT_PUBLIC pub, ParsePublic(binding_public, "binding key"));
-  CUSTODY_RETURN_IF_ERROR(CheckEccP256(pub, "binding key", FailedPrecondition));
+  CUSTODY_RETURN_IF_ERROR(CheckEccP256(pub, "binding key", FailedPrecondition).status());
   CUSTODY_RETURN_IF_ERROR(
       CheckAttributes(pub, kBindingKeyAttributes, "binding key", FailedPrecondition));
   ByteSpan policy(pub.authPolicy.buffer, pub.authPolicy.size);
@@ -256,8 +266,7 @@ Status VerifyTpmSignature(ByteSpan signer_public, ByteSpan signed_bytes, ByteSpa
   CUSTODY_ASSIGN_OR_RETURN(TPMT_PUBLIC pub, ParsePublic(signer_public, "signing key"));
   Result<crypto::P256PublicKey> key = EccPublicKey(pub);
   if (!key) return key.error().WithContext("signing key");
-  CUSTODY_ASSIGN_OR_RETURN(crypto::P256Signature r_s, ParseEcdsaSignature(signature));
-  return key->VerifyDigest(crypto::Sha256(signed_bytes), r_s);
+  return VerifyWith(*key, signed_bytes, signature);
 }
 
 Result<QuoteResult> VerifyQuote(const Quote& quote, const QuoteExpectation& expect) {
