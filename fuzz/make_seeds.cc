@@ -4,6 +4,8 @@
 //                            nonce prefix, model_id and created fixed too), covering: the spec's
 //                            worked example, an empty model, a model of exactly whole chunks, an
 //                            expired one and a larger chunk size with more metadata;
+//   OUT_DIR/tpm/*.bin        TPM verifier inputs: attestations signed by the fixed AK of
+//                            tpm_fixtures.h, public areas, a signature (first byte: the mode);
 //   OUT_DIR/npy/*.npy        small .npy files from SerializeNpy (when built with the engine).
 //
 // fuzz/corpus/ holds its output (regenerate with `custody_fuzz_seeds fuzz/corpus`);
@@ -17,6 +19,7 @@
 #include "core/base/file.h"
 #include "core/format/sealed.h"
 #include "fuzz_fixtures.h"
+#include "tpm_fixtures.h"
 #ifdef CUSTODY_FUZZ_WITH_NPY
 #include "engine/npy.h"
 #endif
@@ -86,6 +89,24 @@ void SealedSeeds(const std::string& dir) {
   Seal(dir + "/chunk32_meta.sealed", body, meta, 5);
 }
 
+// The first byte selects the fuzzer's mode (tpm_verifier_fuzzer.cc).
+void TpmSeeds(const std::string& dir) {
+  auto put = [&](const std::string& name, uint8_t mode, ByteSpan body) {
+    Bytes b = {mode};
+    b.insert(b.end(), body.begin(), body.end());
+    Write(dir + "/" + name, b);
+  };
+  put("quote.bin", 0, fuzz::BuildAttest(TPM2_ST_ATTEST_QUOTE));
+  put("certify.bin", 0, fuzz::BuildAttest(TPM2_ST_ATTEST_CERTIFY));
+  put("nv_certify.bin", 0, fuzz::BuildAttest(TPM2_ST_ATTEST_NV));
+  put("ak_public.bin", 1, fuzz::FixedAkPublic());
+  TPMT_PUBLIC binding = tpm::BindingKeyTemplate(crypto::Sha256Digest{});
+  binding.unique = tpm::UnmarshalPublic2B(fuzz::FixedAkPublic()).value().unique;
+  put("binding_public.bin", 1, tpm::MarshalPublic2B(binding).value());
+  put("signature.bin", 2, fuzz::SignWithFixedAk(AsBytes("fixed message")).signature);
+  put("forged.bin", 3, fuzz::BuildAttest(TPM2_ST_ATTEST_CERTIFY));
+}
+
 #ifdef CUSTODY_FUZZ_WITH_NPY
 void NpySeeds(const std::string& dir) {
   auto put = [&](const std::string& name, engine::DType dtype, std::vector<int64_t> shape) {
@@ -120,6 +141,8 @@ int main(int argc, char** argv) {
   mkdir(out.c_str(), 0755);
   mkdir((out + "/sealed").c_str(), 0755);
   SealedSeeds(out + "/sealed");
+  mkdir((out + "/tpm").c_str(), 0755);
+  TpmSeeds(out + "/tpm");
 #ifdef CUSTODY_FUZZ_WITH_NPY
   mkdir((out + "/npy").c_str(), 0755);
   NpySeeds(out + "/npy");

@@ -13,6 +13,7 @@ function(custody_fuzz_replay name source corpus)
 endfunction()
 
 custody_fuzz_replay(custody_sealed_header_replay sealed_header_fuzzer.cc sealed)
+custody_fuzz_replay(custody_tpm_verifier_replay tpm_verifier_fuzzer.cc tpm)
 if(TARGET custody::engine)
   custody_fuzz_replay(custody_npy_replay npy_fuzzer.cc npy)
   target_link_libraries(custody_npy_replay PRIVATE custody::engine)

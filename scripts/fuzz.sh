@@ -41,6 +41,7 @@ fi
 targets=(
   "custody_sealed_header_fuzzer:sealed:sealed.dict"
   "custody_npy_fuzzer:npy:npy.dict"
+  "custody_tpm_verifier_fuzzer:tpm:tpm.dict"
 )
 
 # Stack traces for UBSan reports too (ASan prints them by default).

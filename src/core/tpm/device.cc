@@ -7,7 +7,6 @@
 #include <tss2/tss2_sys.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -156,10 +155,6 @@ Tpm::~Tpm() {
 
 Result<std::unique_ptr<Tpm>> Tpm::Open(const std::string& tcti) {
   if (tcti.empty()) return InvalidArgument("no TPM TCTI configured (e.g. device:/dev/tpmrm0)");
-  // tpm2-tss prints its own warnings and errors to stderr; Custody reports every failure in its
-  // Status instead, and the library logs nothing above debug. An operator who wants tss2's log
-  // sets TSS2_LOG, which is left alone.
-  setenv("TSS2_LOG", "all+NONE", /*overwrite=*/0);
   TSS2_TCTI_CONTEXT* raw_tcti = nullptr;
   TSS2_RC rc = Tss2_TctiLdr_Initialize(tcti.c_str(), &raw_tcti);
   if (rc != TSS2_RC_SUCCESS) {

@@ -22,8 +22,8 @@
 //   kNotFound          no such NV index
 //
 // Threading: a Tpm is not thread-safe; the TPM serialises commands anyway. Use one per thread,
-// or one behind a mutex. The first Open() sets TSS2_LOG (unless set) to silence tpm2-tss's own
-// stderr logging, so call it before starting threads that read the environment.
+// or one behind a mutex. tpm2-tss's own stderr logging is off unless TSS2_LOG asks for it
+// (tss_status.cc).
 #pragma once
 
 #include <tss2/tss2_esys.h>

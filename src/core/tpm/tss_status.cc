@@ -4,8 +4,19 @@
 #include <tss2/tss2_tpm2_types.h>
 
 #include <cstdio>
+#include <cstdlib>
 
 namespace custody::tpm {
+namespace {
+
+// tpm2-tss logs its own warnings and errors to stderr (the decoder on every malformed input, ESAPI
+// on every TPM error). Custody reports each failure in its Status instead, and its library logs
+// nothing above debug, so tss2's log is off unless the operator asks for it with TSS2_LOG. tss2
+// reads the variable lazily, at its first log call, so it is set when libcustody-core is loaded,
+// before main and before any thread exists (setenv is not safe next to other threads' getenv).
+[[gnu::constructor]] void QuietTss2Logging() { setenv("TSS2_LOG", "all+NONE", /*overwrite=*/0); }
+
+}  // namespace
 
 std::string RcHex(TSS2_RC rc) {
   char buf[16];
