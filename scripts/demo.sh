@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The end-to-end demo behind `make demo`: a vendor seals two models (TorchScript and ONNX),
 # anyone can inspect them, the vendor verifies them, and each runs from protected memory with
-# output byte-identical to the plain model. Finally a tampered copy is refused.
+# output byte-identical to the plain model. A tampered copy is refused. Finally the TPM that
+# will anchor leases on a device is shown (a software TPM stands in for it here).
 #
 # usage: scripts/demo.sh BUILD_DIR
 set -euo pipefail
@@ -60,5 +61,16 @@ run "$CUSTODY" verify tampered.sealed --key mobilenet-ts.dek --vendor-pub vendor
 rc=$?
 set -e
 [ "$rc" -eq 5 ] && echo "OK: refused with exit code 5 (verification failed)" || { echo "expected exit 5, got $rc" >&2; exit 1; }
+
+bold "7. The device's TPM anchors what comes next (a software TPM stands in for the device's)"
+TPM_DIR="$DEMO/swtpm"
+rm -rf "$TPM_DIR"
+mkdir -p "$TPM_DIR/state"
+swtpm socket --tpm2 --tpmstate dir="$TPM_DIR/state" --server type=unixio,path="$TPM_DIR/sock" \
+  --ctrl type=unixio,path="$TPM_DIR/sock.ctrl" --flags not-need-init,startup-clear \
+  --daemon --pid file="$TPM_DIR/pid"
+trap 'kill "$(cat "$TPM_DIR/pid" 2>/dev/null)" 2>/dev/null || true' EXIT
+for _ in $(seq 100); do [ -S "$TPM_DIR/sock" ] && break; sleep 0.05; done
+run "$CUSTODY" tpm info --tcti "swtpm:path=$TPM_DIR/sock"
 
 bold "Demo complete. Files are in $DEMO"

@@ -55,5 +55,6 @@ std::string HumanBytes(uint64_t n);
 // Each command group registers its subcommands; main.cc wires them together.
 void RegisterModelCommands(CLI::App& app, int& exit_code);
 void RegisterRunCommand(CLI::App& app, int& exit_code);
+void RegisterTpmCommands(CLI::App& app, int& exit_code);
 
 }  // namespace custody::cli

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <map>
 #include <utility>
 #include <vector>
 
@@ -649,6 +650,39 @@ Result<Attestation> Tpm::CertifyCounter(const KeyBlob& ak, uint32_t index, ByteS
 
 // ----- platform state
 // ------------------------------------------------------------------------------
+
+Result<TpmProperties> Tpm::Describe() {
+  TPMI_YES_NO more = TPM2_NO;
+  TPMS_CAPABILITY_DATA* raw = nullptr;
+  TSS2_RC rc = Esys_GetCapability(esys_.get(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                  TPM2_CAP_TPM_PROPERTIES, TPM2_PT_FIXED, TPM2_MAX_TPM_PROPERTIES,
+                                  &more, &raw);
+  EsysOut<TPMS_CAPABILITY_DATA> data(raw);
+  if (rc != TSS2_RC_SUCCESS) return TssStatus(rc, "read the TPM's properties");
+  std::map<TPM2_PT, uint32_t> values;
+  const TPML_TAGGED_TPM_PROPERTY& props = data->data.tpmProperties;
+  for (UINT32 i = 0; i < props.count && i < TPM2_MAX_TPM_PROPERTIES; ++i) {
+    values[props.tpmProperty[i].property] = props.tpmProperty[i].value;
+  }
+  auto chars = [&](TPM2_PT pt) {
+    std::string out;
+    const uint32_t v = values.count(pt) != 0 ? values[pt] : 0;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      const char c = static_cast<char>((v >> shift) & 0xff);
+      if (c >= 0x20 && c < 0x7f) out.push_back(c);
+    }
+    return out;
+  };
+  TpmProperties out;
+  out.manufacturer = chars(TPM2_PT_MANUFACTURER);
+  for (TPM2_PT pt = TPM2_PT_VENDOR_STRING_1; pt <= TPM2_PT_VENDOR_STRING_4; ++pt) {
+    out.vendor += chars(pt);
+  }
+  out.firmware_version =
+      (uint64_t{values[TPM2_PT_FIRMWARE_VERSION_1]} << 32) | values[TPM2_PT_FIRMWARE_VERSION_2];
+  out.spec_revision = values[TPM2_PT_REVISION];
+  return out;
+}
 
 Result<TimeInfo> Tpm::ReadClock() {
   TPMS_TIME_INFO* raw = nullptr;

@@ -53,6 +53,14 @@ struct Endorsement {
   std::optional<Bytes> certificate;  // DER, from the TCG NV index, when the maker stored one
 };
 
+// Fixed properties of the TPM (TPM2_GetCapability, TPM_PT_*), for operators.
+struct TpmProperties {
+  std::string manufacturer;  // TPM_PT_MANUFACTURER as its 4 ASCII characters, e.g. "IFX", "IBM"
+  std::string vendor;        // TPM_PT_VENDOR_STRING_1..4, trailing NULs removed
+  uint64_t firmware_version = 0;  // TPM_PT_FIRMWARE_VERSION_1 << 32 | _2
+  uint32_t spec_revision = 0;     // TPM_PT_REVISION: the library spec revision times 100
+};
+
 class Tpm {
  public:
   // Connects through `tcti` ("device:/dev/tpmrm0", "swtpm:path=...", any tctildr string).
@@ -118,6 +126,7 @@ class Tpm {
                                      ByteSpan nonce);
 
   // ----- platform state ------------------------------------------------------------------------
+  Result<TpmProperties> Describe();
   Result<TimeInfo> ReadClock();
   Result<PcrValues> ReadPcrs(const PcrSelection& selection);
   // Extends PCR `pcr` (SHA-256 bank) with SHA-256(`event`), as measured boot would. For tests

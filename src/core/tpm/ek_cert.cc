@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <ctime>
 #include <filesystem>
 #include <string_view>
 #include <system_error>
@@ -212,6 +213,32 @@ Status VerifyEkCertificate(ByteSpan ek_cert, ByteSpan ek_public, const std::stri
     return Unauthenticated("EK certificate is for another key than the EK the device presented");
   }
   return OkStatus();
+}
+
+namespace {
+
+std::string NameText(const X509_NAME* name) {
+  crypto::BioPtr bio(BIO_new(BIO_s_mem()));
+  if (!bio || X509_NAME_print_ex(bio.get(), name, 0, XN_FLAG_RFC2253) < 0) return "?";
+  char* data = nullptr;
+  long len = BIO_get_mem_data(bio.get(), &data);
+  return len > 0 ? std::string(data, static_cast<size_t>(len)) : std::string();
+}
+
+}  // namespace
+
+Result<EkCertificateSummary> DescribeEkCertificate(ByteSpan ek_cert) {
+  CUSTODY_ASSIGN_OR_RETURN(crypto::X509Ptr cert, ParseEkCertificate(ek_cert));
+  EkCertificateSummary out;
+  out.subject = NameText(X509_get_subject_name(cert.get()));
+  out.issuer = NameText(X509_get_issuer_name(cert.get()));
+  struct tm tm {};
+  if (ASN1_TIME_to_tm(X509_get0_notAfter(cert.get()), &tm) == 1) {
+    char buf[32];
+    std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    out.not_after = buf;
+  }
+  return out;
 }
 
 }  // namespace custody::tpm

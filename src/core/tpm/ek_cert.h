@@ -21,4 +21,13 @@ namespace custody::tpm {
 Status VerifyEkCertificate(ByteSpan ek_cert, ByteSpan ek_public, const std::string& ca_dir,
                            std::optional<std::chrono::sys_seconds> now = std::nullopt);
 
+// What an operator wants to see of an EK certificate, without trusting it.
+struct EkCertificateSummary {
+  std::string subject;  // RFC 2253 form; EK certificates often have an empty subject
+  std::string issuer;
+  std::string not_after;  // RFC 3339 UTC
+};
+// kInvalidArgument if `ek_cert` is not a DER certificate.
+Result<EkCertificateSummary> DescribeEkCertificate(ByteSpan ek_cert);
+
 }  // namespace custody::tpm
