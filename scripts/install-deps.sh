@@ -12,7 +12,9 @@ PACKAGES=(
   # engines: libtorch (TorchScript) and OpenCV DNN (ONNX)
   libtorch-dev libopencv-dev
   # libraries used by the programs
-  libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev libtomlplusplus-dev
+  libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev libtomlplusplus-dev libboost-dev
+  # custodian storage
+  libsqlite3-dev sqlite3
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # test-time model generation (run with /usr/bin/python3, see tests/models)

@@ -31,6 +31,11 @@ std::string HexEncode(ByteSpan bytes);
 // Accepts upper or lower case; fails on odd length or a non-hex character.
 Result<Bytes> HexDecode(std::string_view hex);
 
+// Standard base64 (RFC 4648 §4) with padding. Decoding is strict: no whitespace, correct
+// padding, no non-zero bits left over; anything else is kInvalidArgument.
+std::string Base64Encode(ByteSpan bytes);
+Result<Bytes> Base64Decode(std::string_view text);
+
 void StoreBigEndian16(uint8_t* out, uint16_t v);
 void StoreBigEndian32(uint8_t* out, uint32_t v);
 void StoreBigEndian64(uint8_t* out, uint64_t v);

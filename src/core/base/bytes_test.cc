@@ -42,5 +42,28 @@ TEST(Bytes, ReaderNeverReadsPastTheEnd) {
   EXPECT_FALSE(r2.ReadSpan(SIZE_MAX, s));
 }
 
+TEST(Bytes, Base64MatchesRfc4648AndIsStrict) {
+  const std::pair<const char*, const char*> vectors[] = {{"", ""},
+                                                         {"f", "Zg=="},
+                                                         {"fo", "Zm8="},
+                                                         {"foo", "Zm9v"},
+                                                         {"foob", "Zm9vYg=="},
+                                                         {"fooba", "Zm9vYmE="},
+                                                         {"foobar", "Zm9vYmFy"}};
+  for (const auto& [plain, encoded] : vectors) {
+    EXPECT_EQ(Base64Encode(AsBytes(plain)), encoded);
+    Result<Bytes> back = Base64Decode(encoded);
+    ASSERT_TRUE(back.has_value()) << encoded;
+    EXPECT_EQ(AsChars(*back), plain);
+  }
+  Bytes all(256);
+  for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<uint8_t>(i);
+  EXPECT_EQ(Base64Decode(Base64Encode(all)).value(), all);
+  for (const char* bad : {"Zg=", "Zg", "Z===", "Zm9v\n", "Zm 9", "Zh==", "Zm9=", "=Zm9",
+                          "Zg==Zg==", "Zm8=Zm8=", "****"}) {
+    EXPECT_FALSE(Base64Decode(bad).has_value()) << bad;
+  }
+}
+
 }  // namespace
 }  // namespace custody

@@ -130,15 +130,19 @@ class [[nodiscard]] Result {
 #define CUSTODY_CONCAT_(a, b) CUSTODY_CONCAT_INNER_(a, b)
 
 // Returns the Status from the enclosing function if `expr` (a Status) is not OK.
-#define CUSTODY_RETURN_IF_ERROR(expr)                  \
-  do {                                                 \
-    ::custody::Status custody_status_ = (expr);        \
-    if (!custody_status_.ok()) return custody_status_; \
+// The variable gets a unique name (__COUNTER__) so that the macro nests, e.g. inside a lambda
+// passed to a call that is itself checked.
+#define CUSTODY_RETURN_IF_ERROR(expr) \
+  CUSTODY_RETURN_IF_ERROR_IMPL_(CUSTODY_CONCAT_(custody_status_, __COUNTER__), expr)
+#define CUSTODY_RETURN_IF_ERROR_IMPL_(var, expr) \
+  do {                                           \
+    ::custody::Status var = (expr);              \
+    if (!var.ok()) return var;                   \
   } while (0)
 
 // `CUSTODY_ASSIGN_OR_RETURN(auto x, Foo());` declares x from a Result or returns its error.
 #define CUSTODY_ASSIGN_OR_RETURN(lhs, expr) \
-  CUSTODY_ASSIGN_OR_RETURN_IMPL_(CUSTODY_CONCAT_(custody_result_, __LINE__), lhs, expr)
+  CUSTODY_ASSIGN_OR_RETURN_IMPL_(CUSTODY_CONCAT_(custody_result_, __COUNTER__), lhs, expr)
 #define CUSTODY_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, expr) \
   auto tmp = (expr);                                   \
   if (!tmp.has_value()) return tmp.error();            \

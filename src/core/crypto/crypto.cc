@@ -289,6 +289,25 @@ Result<Sha256Digest> Sha256Hasher::Finish() {
 
 // ----- HKDF-SHA256 --------------------------------------------------------------------------
 
+Result<Sha256Digest> HmacSha256(ByteSpan key, ByteSpan data) {
+  EvpMacPtr mac(EVP_MAC_fetch(nullptr, "HMAC", nullptr));
+  if (!mac) return OpenSslFailure("EVP_MAC_fetch(HMAC)");
+  EvpMacCtxPtr ctx(EVP_MAC_CTX_new(mac.get()));
+  char digest_name[] = "SHA256";
+  OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest_name, 0),
+                         OSSL_PARAM_construct_end()};
+  if (!ctx || EVP_MAC_init(ctx.get(), DataOrEmpty(key), key.size(), params) != 1) {
+    return OpenSslFailure("HMAC-SHA256 init");
+  }
+  Sha256Digest out{};
+  size_t len = 0;
+  if (EVP_MAC_update(ctx.get(), DataOrEmpty(data), data.size()) != 1 ||
+      EVP_MAC_final(ctx.get(), out.data(), &len, out.size()) != 1 || len != out.size()) {
+    return OpenSslFailure("HMAC-SHA256");
+  }
+  return out;
+}
+
 Status HkdfSha256(ByteSpan ikm, ByteSpan salt, ByteSpan info, MutableByteSpan out) {
   if (out.empty() || out.size() > kHkdfMaxOutputBytes) {
     return InvalidArgument("HKDF-SHA256 output length must be 1.." +

@@ -57,6 +57,10 @@ class Sha256Hasher {
   EvpMdCtxPtr ctx_;
 };
 
+// ----- HMAC-SHA256 (RFC 2104) ---------------------------------------------------------------
+// Of `data` under `key` (any length, including empty).
+Result<Sha256Digest> HmacSha256(ByteSpan key, ByteSpan data);
+
 // ----- HKDF-SHA256 (RFC 5869, extract-then-expand) ------------------------------------------
 // Derives out.size() bytes (1..8160) into `out`.
 Status HkdfSha256(ByteSpan ikm, ByteSpan salt, ByteSpan info, MutableByteSpan out);
@@ -148,6 +152,9 @@ class P256PrivateKey {
   static Result<P256PrivateKey> FromPem(std::string_view pem);  // PKCS#8, unencrypted
   Result<SecretBuffer> ToPem() const;
   const P256PublicKey& public_key() const { return public_; }
+  // The OpenSSL key (private and public parts), for APIs that sign with it (X509_sign). Owned by
+  // this object; do not free.
+  EVP_PKEY* get() const { return key_.get(); }
   // The raw ECDH shared secret: the X coordinate of d·Q (32 bytes), as TPM2_ECDH_ZGen returns.
   Result<SecretBuffer> Ecdh(const P256PublicKey& peer) const;
   // ECDSA signature over a SHA-256 digest, as r ‖ s (each left-padded to 32 bytes). The nonce

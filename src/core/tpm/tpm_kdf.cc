@@ -142,26 +142,6 @@ Result<Bytes> Aes128CfbEncrypt(ByteSpan key, ByteSpan iv, ByteSpan plaintext) {
   return out;
 }
 
-Result<crypto::Sha256Digest> HmacSha256(ByteSpan key, ByteSpan data) {
-  crypto::EvpMacPtr mac(EVP_MAC_fetch(nullptr, "HMAC", nullptr));
-  if (!mac) return OpenSslFailure("EVP_MAC_fetch(HMAC)");
-  crypto::EvpMacCtxPtr ctx(EVP_MAC_CTX_new(mac.get()));
-  char digest_name[] = "SHA256";
-  OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest_name, 0),
-                         OSSL_PARAM_construct_end()};
-  if (!ctx ||
-      EVP_MAC_init(ctx.get(), key.empty() ? kEmptyInput : key.data(), key.size(), params) != 1) {
-    return OpenSslFailure("HMAC-SHA256 init");
-  }
-  crypto::Sha256Digest out{};
-  size_t len = 0;
-  if (EVP_MAC_update(ctx.get(), data.empty() ? kEmptyInput : data.data(), data.size()) != 1 ||
-      EVP_MAC_final(ctx.get(), out.data(), &len, out.size()) != 1 || len != out.size()) {
-    return OpenSslFailure("HMAC-SHA256");
-  }
-  return out;
-}
-
 Result<crypto::EvpPkeyPtr> RsaPublicKeyFromTpm(ByteSpan modulus, uint32_t exponent) {
   if (modulus.size() < kMinRsaModulusBytes || modulus.size() > kMaxRsaModulusBytes ||
       modulus[0] == 0) {

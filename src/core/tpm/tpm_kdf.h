@@ -42,8 +42,8 @@ Result<SecretBuffer> KdfE(ByteSpan z, std::string_view label, ByteSpan party_u, 
 // plaintext's length. key: 16 bytes; iv: 16 bytes.
 Result<Bytes> Aes128CfbEncrypt(ByteSpan key, ByteSpan iv, ByteSpan plaintext);
 
-// HMAC-SHA256 (RFC 2104) of `data` under `key` (any length, including empty).
-Result<crypto::Sha256Digest> HmacSha256(ByteSpan key, ByteSpan data);
+// HMAC-SHA256 lives in crypto.h; the TPM constructions use it under this name too.
+using crypto::HmacSha256;
 
 // The RSA public key of a TPM RSA object: `modulus` as in TPMT_PUBLIC.unique.rsa (big-endian,
 // 128..512 bytes, no leading zero byte) and `exponent` as in TPMS_RSA_PARMS (0 means 65537).
