@@ -11,7 +11,11 @@
 #                        engine (needs the engine library; models are generated into
 #                        BUILD_DIR/models with tests/models/make_models.py if missing);
 #   4. TPM               BUILD_DIR/bench/custody_tpm_bench: quote verifications per second (pure
-#                        code) and quote / ECDH_ZGen / NV increment latency against swtpm.
+#                        code) and quote / ECDH_ZGen / NV increment latency against swtpm;
+#   5. store             BUILD_DIR/bench/custody_store_bench: state changes per second of the
+#                        custodian's SQLite store (a record + an audit entry per transaction, group
+#                        commit), power-loss and process-crash durability (needs the store
+#                        library in the build).
 # Scratch files go to BUILD_DIR/bench-tmp and are removed. Misses are reported, not failures: the
 # script fails only if a benchmark cannot run. The figures are only as quiet as the machine:
 # the load average is printed first, and a busy machine is called out.
@@ -115,6 +119,16 @@ fi
 # ----- 4. TPM: verifier throughput, device-side latency against swtpm -----------------------
 run tpm "$bench/custody_tpm_bench" || status=1
 
+# ----- 5. custodian store: state changes per second ------------------------------------------
+store_note=""
+if [ -x "$bench/custody_store_bench" ]; then
+  run store "$bench/custody_store_bench" --dir "$tmp" || status=1
+else
+  store_note="not run: custody_store_bench is not built (no custody_store in this build)"
+  echo
+  echo "bench: store $store_note"
+fi
+
 # ----- summary --------------------------------------------------------------------------------
 threads=$(result open threads)
 echo
@@ -156,6 +170,19 @@ echo "   quote verifications/s $(result tpm quote_verify_per_s)" \
   "(OpenSSL ECDSA-P256 verify alone: $(result tpm ecdsa_verify_per_s)/s, ratio $(result tpm verify_vs_ecdsa))"
 echo "   TPM2_Quote $(result tpm quote_ms) ms; ECDH_ZGen under policy $(result tpm zgen_ms) ms;" \
   "NV increment $(result tpm nv_increment_ms) ms"
+echo "5. custodian store: state changes/s (record + audit entry, durable on return)," \
+  "$(result store store_threads) threads"
+if [ -n "$store_note" ]; then
+  echo "   $store_note"
+else
+  echo "   power loss (fsync per commit)  $(result store store_power_loss_per_s)   (target >= 1000)" \
+    "  mean batch $(result store store_power_loss_mean_batch)"
+  echo "   process crash                  $(result store store_process_crash_per_s)" \
+    "  mean batch $(result store store_process_crash_mean_batch)"
+  echo "   context: 1 thread $(result store store_power_loss_1thread_per_s)/s (power loss)," \
+    "$(result store store_process_crash_1thread_per_s)/s (process crash);" \
+    "fsync $(result store store_fsync_ms) ms"
+fi
 echo "========================================================================================"
 echo "logs: $log_dir"
 exit "$status"
