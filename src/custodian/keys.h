@@ -1,15 +1,15 @@
 // The custodian's key material and data directory (DESIGN.md §4, §11), created once by
 // `custodian init --data DIR` and loaded by `custodian serve`.
 //
-//   DIR/custodian.db          the store (created by the caller, not here)
-//   DIR/keys/ca.key, ca.pem   internal CA (ca.h)
-//   DIR/keys/server.key, server.pem   TLS identity of the custodian, issued by that CA
-//   DIR/keys/lease.key, lease.pub     Ed25519: signs leases, approvals, revocations (pinned by
-//   agents) DIR/keys/policy.key, policy.pub   ECDSA P-256: signs approved PCR policies (named in
-//   every
-//                                     binding key's policy; pinned by agents)
-//   DIR/keys/master.key       32 random bytes (hex): encrypts model DEKs at rest (envelope
-//                             encryption); never in the database
+//   DIR/custodian.db                   the store (created by the caller, not here)
+//   DIR/keys/ca.key, ca.pem            internal CA (ca.h)
+//   DIR/keys/server.key, server.pem    TLS identity of the custodian, issued by that CA
+//   DIR/keys/lease.key, lease.pub      Ed25519: signs leases, approvals and revocations;
+//                                      pinned by agents
+//   DIR/keys/policy.key, policy.pub    ECDSA P-256: signs approved PCR policies; named in every
+//                                      binding key's policy and pinned by agents
+//   DIR/keys/master.key                32 random bytes (hex): encrypts model DEKs at rest
+//                                      (envelope encryption); never in the database
 //
 // Private key files are mode 0600 in a 0700 directory; Load refuses files that group or others
 // can read (kPermissionDenied naming the file and the chmod to run), like ssh does.
