@@ -71,7 +71,7 @@ Store& App::store() { return *parts_->store; }
 
 const std::vector<http::RouteInfo>& App::routes() const { return parts_->routes; }
 
-Result<std::unique_ptr<App>> App::Start(const Config& config) {
+Result<std::unique_ptr<App>> App::Start(const Config& config, Clock clock) {
   auto p = std::make_unique<Parts>();
   p->logger = Logger::Stderr(config.log_level);
   CUSTODY_ASSIGN_OR_RETURN(CustodianKeys keys, LoadKeys(config.data_dir));
@@ -81,7 +81,8 @@ Result<std::unique_ptr<App>> App::Start(const Config& config) {
   p->metrics = std::make_unique<http::Metrics>();
   ServiceOptions service_options;
   service_options.ek_ca_dir = config.ek_ca_dir;
-  p->service = std::make_unique<CustodianService>(*p->store, *p->keys, service_options);
+  p->service =
+      std::make_unique<CustodianService>(*p->store, *p->keys, service_options, std::move(clock));
   p->api = std::make_unique<Api>(*p->service, *p->store, p->metrics.get(), ApiOptions{});
   http::ServerOptions server = config.server;
   server.certificate_chain_pem = p->keys->server_cert_pem;

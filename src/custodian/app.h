@@ -10,6 +10,7 @@
 #include "core/base/status.h"
 #include "custodian/config.h"
 #include "custodian/http/router.h"
+#include "custodian/service.h"
 #include "custodian/store/store.h"
 
 namespace custody::custodian {
@@ -27,9 +28,9 @@ Result<InitResult> InitDataDir(const std::string& data_dir, const std::string& l
 
 class App {
  public:
-  // Opens everything and starts serving. `logger` may be null (logs to stderr at the
-  // configured level).
-  static Result<std::unique_ptr<App>> Start(const Config& config);
+  // Opens everything and starts serving; logs go to stderr at the configured level. `clock` is
+  // the service's notion of now (tests move it to expire nonces and tokens).
+  static Result<std::unique_ptr<App>> Start(const Config& config, Clock clock = SystemNow);
   ~App();  // stops with a short grace period if still running
 
   uint16_t port() const;

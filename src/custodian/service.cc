@@ -137,6 +137,14 @@ bool LicenceActive(const LicenceRecord& l, TimePoint now) {
   return !l.revoked && now <= l.not_after;
 }
 
+// The change is committed; only telling running devices failed. They get the new leases at
+// their next attestation; the operator sees why in the answer.
+std::string PushError(const Status& s) {
+  return "saved, but devices could not be sent new leases now (they get them at their next "
+         "attestation): " +
+         s.message();
+}
+
 }  // namespace
 
 std::string Actor::AuditName() const {
@@ -314,9 +322,15 @@ Result<nlohmann::json> CustodianService::AddGoldenSet(const Actor& actor, const 
                      {"pcrs", protocol::PcrValuesToJson(pcrs)},
                      {"approved_digest", HexEncode(approval.approved_digest)}});
   }));
-  return nlohmann::json{{"group", group},
-                        {"set", set_name},
-                        {"approved_digest", HexEncode(approval.approved_digest)}};
+  // Devices of the group get the new approvals now, before they reboot into the new state.
+  CUSTODY_ASSIGN_OR_RETURN(std::vector<DeviceRecord> devices, store_.ListDevices());
+  std::erase_if(devices, [&](const DeviceRecord& d) { return d.group != group; });
+  nlohmann::json out{{"group", group},
+                     {"set", set_name},
+                     {"approved_digest", HexEncode(approval.approved_digest)}};
+  Status pushed = PushLeases(actor, devices, "", "policy update: golden set " + set_name);
+  if (!pushed.ok()) out["push_error"] = PushError(pushed);
+  return out;
 }
 
 Result<nlohmann::json> CustodianService::ListGroups() const {
@@ -389,7 +403,15 @@ Result<nlohmann::json> CustodianService::CreateLicence(const Actor& actor,
     CUSTODY_RETURN_IF_ERROR(tx.PutLicence(l));
     return tx.Audit(actor.AuditName(), "licence.create", l.licence_id, LicenceJson(l));
   }));
-  return LicenceJson(l);
+  // Devices it covers that are already running get its lease on their event stream.
+  CUSTODY_ASSIGN_OR_RETURN(std::vector<DeviceRecord> devices, store_.ListDevices());
+  std::erase_if(devices, [&](const DeviceRecord& d) {
+    return d.device_id != l.device_id && (l.group.empty() || d.group != l.group);
+  });
+  nlohmann::json out = LicenceJson(l);
+  Status pushed = PushLeases(actor, devices, l.licence_id, "new licence");
+  if (!pushed.ok()) out["push_error"] = PushError(pushed);
+  return out;
 }
 
 Result<nlohmann::json> CustodianService::ListLicences() const {
@@ -435,14 +457,10 @@ Result<nlohmann::json> CustodianService::GetDevice(const std::string& device_id)
 // its TPM counter) is used.
 Result<uint64_t> CustodianService::Remaining(const DeviceRecord& device,
                                              const LicenceRecord& licence) const {
-  CUSTODY_ASSIGN_OR_RETURN(std::vector<ExtensionRequest> approved,
-                           store_.ListExtensions(ExtensionStatus::kApproved));
-  uint64_t allowance = licence.budget;
-  for (const ExtensionRequest& e : approved) {
-    if (e.device_id == device.device_id && e.licence_id == licence.licence_id) {
-      allowance += e.granted;
-    }
-  }
+  CUSTODY_ASSIGN_OR_RETURN(uint64_t granted,
+                           store_.GrantedToDevice(licence.licence_id, device.device_id));
+  const uint64_t allowance =
+      licence.budget > UINT64_MAX - granted ? UINT64_MAX : licence.budget + granted;
   CUSTODY_ASSIGN_OR_RETURN(std::vector<UsageCount> usage, store_.UsageForDevice(device.device_id));
   uint64_t used = 0;
   for (const UsageCount& c : usage) {
@@ -995,16 +1013,10 @@ Result<nlohmann::json> CustodianService::ApproveExtension(const Actor& actor,
       if (!lease) return OkStatus();
       now_device.lease_sequence = device.lease_sequence;
       CUSTODY_RETURN_IF_ERROR(tx.PutDevice(now_device));
-      CUSTODY_RETURN_IF_ERROR(tx.PutLease(*lease));
-      CUSTODY_ASSIGN_OR_RETURN(uint64_t seq, tx.AddEvent({0, device.device_id, "lease",
-                                                          lease->envelope_json, clock_()}));
+      CUSTODY_ASSIGN_OR_RETURN(uint64_t seq,
+                               RecordLease(tx, *lease, actor, "extension " + e.request_id));
       event_seq = seq;
-      return tx.Audit(actor.AuditName(), "lease.issue", lease->lease_id,
-                      {{"device_id", device.device_id},
-                       {"licence_id", licence.licence_id},
-                       {"sequence", lease->sequence},
-                       {"counter_limit", lease->counter_limit},
-                       {"reason", "extension " + e.request_id}});
+      return OkStatus();
     });
     if (committed.code() == StatusCode::kUnavailable) continue;  // raced another lease: redo
     CUSTODY_RETURN_IF_ERROR(committed);
@@ -1012,6 +1024,71 @@ Result<nlohmann::json> CustodianService::ApproveExtension(const Actor& actor,
     return ExtensionJson(e);
   }
   return Unavailable("the device's leases kept changing while approving; retry");
+}
+
+Result<uint64_t> CustodianService::RecordLease(Transaction& tx, const LeaseRecord& lease,
+                                               const Actor& actor,
+                                               const std::string& reason) const {
+  CUSTODY_RETURN_IF_ERROR(tx.PutLease(lease));
+  CUSTODY_ASSIGN_OR_RETURN(
+      uint64_t seq, tx.AddEvent({0, lease.device_id, "lease", lease.envelope_json, clock_()}));
+  CUSTODY_RETURN_IF_ERROR(tx.Audit(actor.AuditName(), "lease.issue", lease.lease_id,
+                                   {{"device_id", lease.device_id},
+                                    {"licence_id", lease.licence_id},
+                                    {"sequence", lease.sequence},
+                                    {"counter_limit", lease.counter_limit},
+                                    {"reason", reason}}));
+  return seq;
+}
+
+Status CustodianService::PushLeases(const Actor& actor, const std::vector<DeviceRecord>& devices,
+                                    const std::string& only_licence, const std::string& reason) {
+  std::vector<std::string> notified;
+  for (const DeviceRecord& listed : devices) {
+    // A device that never attested gets its first lease from an attestation, not from here.
+    if (listed.revoked || listed.lease_sequence == 0) continue;
+    Status pushed = Unavailable(
+        "the device's leases kept changing; it gets them at its next "
+        "attestation");
+    for (int attempt = 0; attempt < 3 && pushed.code() == StatusCode::kUnavailable; ++attempt) {
+      CUSTODY_ASSIGN_OR_RETURN(DeviceRecord device, store_.GetDevice(listed.device_id));
+      if (device.revoked) break;
+      CUSTODY_ASSIGN_OR_RETURN(GroupRecord group, store_.GetGroup(device.group));
+      CUSTODY_ASSIGN_OR_RETURN(std::vector<tpm::ApprovedPolicy> approvals,
+                               ApprovalsFor(group, device));
+      CUSTODY_ASSIGN_OR_RETURN(std::vector<LicenceRecord> licences,
+                               store_.LicencesForDevice(device.device_id, device.group));
+      const uint64_t read_sequence = device.lease_sequence;
+      std::vector<LeaseRecord> leases;
+      for (const LicenceRecord& l : licences) {
+        if (!only_licence.empty() && l.licence_id != only_licence) continue;
+        if (!LicenceActive(l, clock_())) continue;
+        Result<LeaseRecord> lease = BuildLease(device, l, approvals);
+        if (!lease && lease.error().code() == StatusCode::kFailedPrecondition) continue;
+        if (!lease) return lease.error();
+        leases.push_back(std::move(lease).value());
+      }
+      if (leases.empty()) break;
+      pushed = store_.Transact([&](Transaction& tx) -> Status {
+        CUSTODY_ASSIGN_OR_RETURN(DeviceRecord current, tx.GetDevice(device.device_id));
+        if (current.revoked) return OkStatus();
+        if (current.lease_sequence != read_sequence ||
+            current.revocation_epoch != device.revocation_epoch) {
+          return Unavailable("lease sequence moved");
+        }
+        current.lease_sequence = device.lease_sequence;
+        CUSTODY_RETURN_IF_ERROR(tx.PutDevice(current));
+        for (const LeaseRecord& l : leases) {
+          CUSTODY_RETURN_IF_ERROR(RecordLease(tx, l, actor, reason).status());
+        }
+        return OkStatus();
+      });
+      if (pushed.ok()) notified.push_back(device.device_id);
+    }
+    if (!pushed.ok() && pushed.code() != StatusCode::kUnavailable) return pushed;
+  }
+  Notify(notified);
+  return OkStatus();
 }
 
 Result<nlohmann::json> CustodianService::DenyExtension(const Actor& actor,

@@ -154,6 +154,15 @@ class CustodianService {
                                             const std::string& subject,
                                             const std::string& reason) const;
   void Notify(const std::vector<std::string>& device_ids) const;
+  // Records `lease` in `tx`: the lease row, an event on the device's stream and the audit entry
+  // (`reason` says why it was issued). Returns the event's sequence.
+  Result<uint64_t> RecordLease(Transaction& tx, const LeaseRecord& lease, const Actor& actor,
+                               const std::string& reason) const;
+  // Sends fresh leases, as events, to every device of `device_ids` that has attested before and
+  // is not revoked: for all its active licences, or only `only_licence`. Used when what a lease
+  // carries changed without the device asking: approved PCR policies, a new licence.
+  Status PushLeases(const Actor& actor, const std::vector<DeviceRecord>& devices,
+                    const std::string& only_licence, const std::string& reason);
   std::string Now() const;
 
   Store& store_;

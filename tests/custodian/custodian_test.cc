@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -62,7 +63,7 @@ class CustodianTest : public ::testing::Test {
     config_.server.header_timeout = std::chrono::milliseconds(1500);
     config_.log_level = LogLevel::kWarn;
     ca_pem_ = ReadText(data + "/keys/ca.pem");
-    app_ = MUST(App::Start(config_));
+    app_ = MUST(App::Start(config_, [this] { return SystemNow() + skew_.load(); }));
     admin_ = MakeClient(admin_token_);
   }
 
@@ -144,6 +145,7 @@ class CustodianTest : public ::testing::Test {
   std::string ca_pem_;
   std::unique_ptr<App> app_;
   std::unique_ptr<http::Client> admin_;
+  std::atomic<std::chrono::seconds> skew_{std::chrono::seconds(0)};  // the custodian's clock
 };
 
 // ----- the whole story --------------------------------------------------------------------------
@@ -244,6 +246,53 @@ TEST_F(CustodianTest, AutomaticExtensionWithinTheLicencesAllowance) {
   EXPECT_EQ(second["status"], "pending");
 }
 
+TEST_F(CustodianTest, PolicyUpdateAndNewLicenceReachWaitingDevices) {
+  Fixture f = Provision(10);
+  auto device = NewDevice();
+  ASSERT_OK(device->Enroll(EnrollmentToken()));
+  ASSERT_EQ(MUST(device->Attest()).size(), 1u);
+  const uint64_t after = MUST(device->Poll(0, 0)).last_seq;
+
+  // An OS update: the vendor approves the new PCR state; a waiting device gets a lease carrying
+  // both approvals at once, before it reboots into the new state.
+  Result<protocol::EventsResponse> waited = Result<protocol::EventsResponse>(Internal("not run"));
+  std::thread waiter([&] { waited = device->Poll(after, 20000); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  nlohmann::json updated;
+  for (int pcr : {0, 2, 4, 7}) updated[std::to_string(pcr)] = std::string(64, pcr == 4 ? 'a' : '0');
+  AdminOk("POST", "/v1/admin/groups/kiosks/golden-sets", {{"name", "os-2"}, {"pcrs", updated}});
+  waiter.join();
+  ASSERT_TRUE(waited.has_value()) << waited.error().ToString();
+  ASSERT_EQ(waited->events.size(), 1u);
+  ASSERT_EQ(waited->events[0].type, "lease");
+  protocol::LeasePayload lease =
+      MUST(agent::OpenLease(device->identity(), waited->events[0].document));
+  EXPECT_EQ(lease.model_id, f.model_id);
+  EXPECT_EQ(lease.approvals.size(), 2u);
+  // The new lease's key still unwraps in the current (factory) state.
+  EXPECT_TRUE(ConstantTimeEquals(MUST(device->Unwrap(lease)).span(), f.dek));
+
+  // A new licence for another model: its lease arrives on the stream too.
+  const std::string model2 = HexEncode(MUST(crypto::RandomBytes(16)));
+  AdminOk("POST", "/v1/admin/models",
+          {{"model_id", model2},
+           {"name", "detector"},
+           {"version", "2.0"},
+           {"dek", HexEncode(MUST(crypto::RandomBytes(32)))}});
+  AdminOk("POST", "/v1/admin/licences",
+          {{"model_id", model2},
+           {"device_id", device->identity().device_id},
+           {"budget", 5},
+           {"not_after", "2099-12-31"},
+           {"offline_grace_seconds", 60}});
+  protocol::EventsResponse more = MUST(device->Poll(waited->last_seq, 5000));
+  ASSERT_EQ(more.events.size(), 1u);
+  protocol::LeasePayload second =
+      MUST(agent::OpenLease(device->identity(), more.events[0].document));
+  EXPECT_EQ(second.model_id, model2);
+  EXPECT_GT(second.sequence, lease.sequence);
+}
+
 // ----- attacks on attestation ----------------------------------------------------------------
 
 TEST_F(CustodianTest, ReplayedNonceIsRefused) {
@@ -270,6 +319,19 @@ TEST_F(CustodianTest, ForgedNonceIsRefused) {
   Status s = StatusFromResponse(MUST(device->Post("/v1/attest", protocol::ToJson(req))));
   EXPECT_EQ(s.code(), StatusCode::kUnauthenticated) << s.ToString();
   EXPECT_NE(s.message().find("not issued by this custodian"), std::string::npos) << s.ToString();
+}
+
+TEST_F(CustodianTest, ExpiredNonceIsRefused) {
+  Provision(10);
+  auto device = NewDevice();
+  ASSERT_OK(device->Enroll(EnrollmentToken()));
+  Bytes nonce = MUST(device->Nonce());
+  protocol::AttestRequest req =
+      MUST(agent::MakeAttestation(device->tpm(), device->identity(), nonce));
+  skew_ = std::chrono::seconds(3600);  // the answer arrives an hour later
+  Status s = StatusFromResponse(MUST(device->Post("/v1/attest", protocol::ToJson(req))));
+  EXPECT_EQ(s.code(), StatusCode::kUnauthenticated) << s.ToString();
+  EXPECT_NE(s.message().find("nonce expired"), std::string::npos) << s.ToString();
 }
 
 TEST_F(CustodianTest, QuoteFromAnotherDeviceIsRefused) {
@@ -342,6 +404,18 @@ TEST_F(CustodianTest, EnrollmentTokenWorksOnce) {
   EXPECT_NE(again.message().find("already used"), std::string::npos) << again.ToString();
   Status unknown = b->Enroll("enr_00000000000000000000000000000000000000000000000");
   EXPECT_EQ(unknown.code(), StatusCode::kUnauthenticated) << unknown.ToString();
+}
+
+TEST_F(CustodianTest, ExpiredEnrollmentTokenIsRefused) {
+  Provision(10);
+  const std::string token = AdminOk("POST", "/v1/admin/enrollment-tokens",
+                                    {{"group", "kiosks"}, {"ttl_seconds", 600}})["token"]
+                                .get<std::string>();
+  skew_ = std::chrono::seconds(601);
+  auto device = NewDevice();
+  Status s = device->Enroll(token);
+  EXPECT_EQ(s.code(), StatusCode::kUnauthenticated) << s.ToString();
+  EXPECT_NE(s.message().find("enrollment token expired"), std::string::npos) << s.ToString();
 }
 
 TEST_F(CustodianTest, DeviceCertificateFromAnotherCaIsRefused) {
