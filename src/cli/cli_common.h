@@ -17,11 +17,12 @@ enum ExitCode : int {
   kExitOk = 0,
   kExitInternal = 1,      // a bug or an unexpected library failure
   kExitUsage = 2,         // bad command line or invalid argument
-  kExitNotFound = 3,      // a file is missing or unreadable
-  kExitExists = 4,        // an output exists and --force was not given
+  kExitNotFound = 3,      // a file is missing or unreadable; the custodian has no such object (404)
+  kExitExists = 4,        // an output exists and --force was not given; a conflict (HTTP 409)
   kExitVerifyFailed = 5,  // authentication or integrity failure: wrong key, tampered file
   kExitUnsupported = 6,   // a format version, suite or engine this build does not support
-  kExitRefused = 7,       // a precondition is not met (expired model, unsafe key permissions)
+  kExitRefused = 7,       // refused: expired model, unsafe key permissions, the custodian refused
+                          // the API token (HTTP 401/403)
   kExitUnavailable = 8,   // a resource ran out or a dependency is unavailable
 };
 
@@ -56,5 +57,7 @@ std::string HumanBytes(uint64_t n);
 void RegisterModelCommands(CLI::App& app, int& exit_code);
 void RegisterRunCommand(CLI::App& app, int& exit_code);
 void RegisterTpmCommands(CLI::App& app, int& exit_code);
+// custody admin …: the custodian's admin API (admin_commands.cc).
+void RegisterAdminCommands(CLI::App& app, int& exit_code);
 
 }  // namespace custody::cli
