@@ -6,19 +6,35 @@
 //                            expired one and a larger chunk size with more metadata;
 //   OUT_DIR/tpm/*.bin        TPM verifier inputs: attestations signed by the fixed AK of
 //                            tpm_fixtures.h, public areas, a signature (first byte: the mode);
-//   OUT_DIR/npy/*.npy        small .npy files from SerializeNpy (when built with the engine).
+//   OUT_DIR/npy/*.npy        small .npy files from SerializeNpy (when built with the engine);
+//   OUT_DIR/protocol/*.bin   one valid message of each kind, after its mode byte
+//                            (protocol_fixtures.h), leases and revocations signed by the fixed
+//                            custodian key;
+//   OUT_DIR/envelope/*.json  a signed lease and a signed revocation;
+//   OUT_DIR/audit/*.jsonl    valid audit exports: a chain from seq 1, one entry, a tail;
+//   OUT_DIR/json/*.bin       documents of every JSON type, after the getters' limit byte;
+//   OUT_DIR/admin/*.bin      a valid body of each admin request, and a query, after the mode byte;
+//   OUT_DIR/url/*.txt        request targets of the API;
+//   OUT_DIR/config/*.toml    the configuration `custodian init` writes, and one with every key.
 //
 // fuzz/corpus/ holds its output (regenerate with `custody_fuzz_seeds fuzz/corpus`);
 // scripts/fuzz.sh also runs it into each run's scratch corpus so seeds follow format changes.
 #include <sys/stat.h>
 
 #include <cstdio>
+#include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/base/file.h"
 #include "core/format/sealed.h"
+#include "core/protocol/audit.h"
+#include "core/protocol/envelope.h"
+#include "core/protocol/messages.h"
+#include "custodian/config.h"
 #include "fuzz_fixtures.h"
+#include "protocol_fixtures.h"
 #include "tpm_fixtures.h"
 #ifdef CUSTODY_FUZZ_WITH_NPY
 #include "engine/npy.h"
@@ -107,6 +123,177 @@ void TpmSeeds(const std::string& dir) {
   put("forged.bin", 3, fuzz::BuildAttest(TPM2_ST_ATTEST_CERTIFY));
 }
 
+void WriteText(const std::string& path, std::string_view text) { Write(path, AsBytes(text)); }
+
+// `mode` then `text`: the input of a fuzzer whose first byte picks what the rest is.
+void WriteMode(const std::string& path, uint8_t mode, std::string_view text) {
+  Bytes b = {mode};
+  b.insert(b.end(), text.begin(), text.end());
+  Write(path, b);
+}
+
+void ProtocolSeeds(const std::string& dir) {
+  using fuzz::MessageKind;
+  using fuzz::Pattern;
+  auto put = [&](const std::string& name, MessageKind kind, const nlohmann::json& j) {
+    WriteMode(dir + "/" + name + ".bin", static_cast<uint8_t>(kind), j.dump());
+  };
+  protocol::EnrollBeginRequest begin;
+  begin.token = "enr_0123456789abcdef0123456789abcdef";
+  begin.ek_public = Pattern(90, 0x01);
+  begin.ak_public = Pattern(90, 0x31);
+  put("enroll_begin_request", MessageKind::kEnrollBeginRequest, protocol::ToJson(begin));
+  begin.ek_certificate = Pattern(300, 0x30);
+  put("enroll_begin_request_cert", MessageKind::kEnrollBeginRequest, protocol::ToJson(begin));
+
+  protocol::EnrollBeginResponse challenge;
+  challenge.enrollment_id = "enr_aabbccddeeff0011";
+  challenge.credential = {Pattern(68, 0x02), Pattern(66, 0x42)};
+  challenge.certify_nonce = Pattern(32, 0x80);
+  challenge.policy_public = Pattern(65, 0x04);
+  put("enroll_begin_response", MessageKind::kEnrollBeginResponse, protocol::ToJson(challenge));
+
+  protocol::EnrollCompleteRequest complete;
+  complete.enrollment_id = challenge.enrollment_id;
+  complete.activated_secret = Pattern(32, 0x11);
+  complete.binding_public = Pattern(90, 0x21);
+  complete.binding_certify = fuzz::SampleAttestation(0x50);
+  complete.counter_index = 0x01000C57;
+  complete.counter_certify = fuzz::SampleAttestation(0x60);
+  complete.tls_public_key = Pattern(91, 0x30);
+  put("enroll_complete_request", MessageKind::kEnrollCompleteRequest, protocol::ToJson(complete));
+
+  protocol::EnrollCompleteResponse enrolled;
+  enrolled.device_id = "dev_8899aabbccddeeff";
+  enrolled.certificate_pem =
+      "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END "
+      "CERTIFICATE-----\n";
+  enrolled.ca_certificate_pem = enrolled.certificate_pem;
+  const auto& lease_key = fuzz::FixedCustodian().public_key().raw();
+  enrolled.lease_public.assign(lease_key.begin(), lease_key.end());
+  enrolled.policy_public = Pattern(65, 0x04);
+  enrolled.pcr_selection = {0, 2, 4, 7};
+  put("enroll_complete_response", MessageKind::kEnrollCompleteResponse, protocol::ToJson(enrolled));
+
+  put("nonce", MessageKind::kNonceResponse,
+      protocol::ToJson(protocol::NonceResponse{Pattern(32, 0x90), 120000}));
+
+  protocol::AttestRequest attest;
+  attest.nonce = Pattern(32, 0x90);
+  attest.quote = tpm::Quote{fuzz::SampleAttestation(0x70), fuzz::SamplePcrs()};
+  put("attest_request", MessageKind::kAttestRequest, protocol::ToJson(attest));
+
+  const nlohmann::json lease =
+      fuzz::SampleEnvelope(protocol::kLeaseDocument, protocol::ToJson(fuzz::SampleLease()));
+  const nlohmann::json revocation = fuzz::SampleEnvelope(
+      protocol::kRevocationDocument, protocol::ToJson(fuzz::SampleRevocation()));
+  put("attest_response", MessageKind::kAttestResponse,
+      protocol::ToJson(protocol::AttestResponse{std::vector<nlohmann::json>(1, lease)}));
+  protocol::EventsResponse events;
+  events.events.push_back({7, "lease", lease});
+  events.events.push_back({8, "revocation", revocation});
+  events.last_seq = 8;
+  put("events", MessageKind::kEventsResponse, protocol::ToJson(events));
+  put("events_empty", MessageKind::kEventsResponse,
+      protocol::ToJson(protocol::EventsResponse{{}, 8}));
+
+  put("lease_payload", MessageKind::kLeasePayload, protocol::ToJson(fuzz::SampleLease()));
+  put("revocation_payload", MessageKind::kRevocationPayload,
+      protocol::ToJson(fuzz::SampleRevocation()));
+
+  protocol::UsageRequest usage;
+  usage.report_id = "rep_0001";
+  usage.nonce = Pattern(32, 0x90);
+  usage.counter_certify = fuzz::SampleAttestation(0x60);
+  usage.counts = {{"000102030405060708090a0b0c0d0e0f", "kiosk-app", 12},
+                  {"000102030405060708090a0b0c0d0e0f", "", 0}};
+  put("usage", MessageKind::kUsageRequest, protocol::ToJson(usage));
+  put("extension_request", MessageKind::kExtensionRequest,
+      protocol::ToJson(protocol::ExtensionRequestMessage{"lic_0123456789abcdef", 500, "busy"}));
+}
+
+void EnvelopeSeeds(const std::string& dir) {
+  WriteText(
+      dir + "/lease.json",
+      fuzz::SampleEnvelope(protocol::kLeaseDocument, protocol::ToJson(fuzz::SampleLease())).dump());
+  WriteText(dir + "/revocation.json",
+            fuzz::SampleEnvelope(protocol::kRevocationDocument,
+                                 protocol::ToJson(fuzz::SampleRevocation()))
+                .dump());
+}
+
+void AuditSeeds(const std::string& dir) {
+  auto lines = [](std::span<const protocol::AuditEntry> entries) {
+    std::string out;
+    for (const auto& e : entries) out += protocol::AuditEntryToJsonLine(e) + "\n";
+    return out;
+  };
+  const std::vector<protocol::AuditEntry> chain = fuzz::SampleAuditChain(4);
+  WriteText(dir + "/chain.jsonl", lines(chain));
+  WriteText(dir + "/single.jsonl", lines(std::span(chain).first(1)));
+  WriteText(dir + "/tail.jsonl", lines(std::span(chain).subspan(2)));
+}
+
+void JsonSeeds(const std::string& dir) {
+  WriteMode(dir + "/types.bin", 32,
+            R"({"s":"text \u00e9","u":5,"n":-1,"f":1.5,"b":true,"z":null,"h":"00ff","b64":"AAEC",)"
+            R"("o":{"x":[1,2],"y":{"s":"deep"}},"a":[{"k":"v"},{"k":"w"}],"ss":["a","b"],)"
+            R"("pem":"-----BEGIN X-----\nAAEC\n-----END X-----\n"})");
+  WriteMode(dir + "/lease.bin", 64, protocol::ToJson(fuzz::SampleLease()).dump());
+  WriteMode(dir + "/limits.bin", 2, R"({"s":"abc","b64":"AAECAw==","u":18446744073709551615})");
+}
+
+void AdminSeeds(const std::string& dir) {
+  const char* const bodies[] = {
+      R"({"model_id":"000102030405060708090a0b0c0d0e0f","name":"example","version":"1.0",)"
+      R"("dek":"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",)"
+      R"("sealed_sha256":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"})",
+      R"({"reason":"superseded"})",
+      R"({"name":"kiosks","pcrs":[0,2,4,7],"allow_tofu":false,"require_ek_certificate":true})",
+      R"({"name":"v1","pcrs":{"0":"0000000000000000000000000000000000000000000000000000000000000000",)"
+      R"("7":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}})",
+      R"({"group":"kiosks","ttl_seconds":3600})",
+      R"({"model_id":"000102030405060708090a0b0c0d0e0f","group":"kiosks","budget":1000,)"
+      R"("not_after":"2030-01-01T00:00:00Z","offline_grace_seconds":86400,)"
+      R"("extension":{"manual":false,"auto_approve_up_to":100,"period_seconds":86400}})",
+      R"({"granted":500})",
+      R"({"reason":"over budget"})",
+      R"({"scope":"licence","id":"lic_0123456789abcdef","reason":"unpaid"})",
+      R"({"name":"ci","role":"operator"})",
+      "after=12&limit=100&wait_ms=0&status=pending",
+  };
+  const char* const names[] = {"model",   "retire", "group",  "golden_set", "enroll", "licence",
+                               "approve", "deny",   "revoke", "token",      "query"};
+  for (uint8_t i = 0; i < std::size(bodies); ++i) {
+    WriteMode(dir + "/" + names[i] + ".bin", i, bodies[i]);
+  }
+  WriteMode(dir + "/licence_device.bin", 5,
+            R"({"model_id":"m","device_id":"dev_1","budget":1,"not_after":"2030-01-01",)"
+            R"("offline_grace_seconds":0})");
+  WriteMode(dir + "/approve_empty.bin", 6, "");
+}
+
+void UrlSeeds(const std::string& dir) {
+  WriteText(dir + "/events.txt", "/v1/events?after=12&wait_ms=25000");
+  WriteText(dir + "/path_param.txt", "/v1/admin/models/ab%2Fcd%C3%A9/retire");
+  WriteText(dir + "/query.txt", "/v1/admin/extensions?status=pending&q=a+b%20c&flag&&x=");
+  WriteText(dir + "/root.txt", "/");
+}
+
+void ConfigSeeds(const std::string& dir) {
+  WriteText(dir + "/init.toml", custodian::DefaultConfigText("/var/lib/custody", "0.0.0.0:8443"));
+  WriteText(dir + "/every_key.toml",
+            "data_dir = \"/srv/custody\"\n"
+            "[server]\nlisten = \"[::]:443\"\nio_threads = 4\nworker_threads = 16\n"
+            "max_body_bytes = 2097152\nmax_header_bytes = 32768\nmax_connections = 1000\n"
+            "header_timeout_ms = 5000\nbody_timeout_ms = 20000\nidle_timeout_ms = 60000\n"
+            "rate_per_second = 12.5\nrate_burst = 25\n"
+            "[store]\npath = \"/srv/db/custodian.db\"\ndurability = \"process-crash\"\n"
+            "[tpm]\nek_ca_dir = \"/etc/custody/tpm-ca\"\n"
+            "[log]\nlevel = \"debug\"\n");
+  WriteText(dir + "/minimal.toml", "data_dir = '/d'\n");
+}
+
 #ifdef CUSTODY_FUZZ_WITH_NPY
 void NpySeeds(const std::string& dir) {
   auto put = [&](const std::string& name, engine::DType dtype, std::vector<int64_t> shape) {
@@ -143,6 +330,15 @@ int main(int argc, char** argv) {
   SealedSeeds(out + "/sealed");
   mkdir((out + "/tpm").c_str(), 0755);
   TpmSeeds(out + "/tpm");
+  const std::pair<const char*, void (*)(const std::string&)> text_seeds[] = {
+      {"protocol", ProtocolSeeds}, {"envelope", EnvelopeSeeds}, {"audit", AuditSeeds},
+      {"json", JsonSeeds},         {"admin", AdminSeeds},       {"url", UrlSeeds},
+      {"config", ConfigSeeds},
+  };
+  for (const auto& [name, make] : text_seeds) {
+    mkdir((out + "/" + name).c_str(), 0755);
+    make(out + "/" + name);
+  }
 #ifdef CUSTODY_FUZZ_WITH_NPY
   mkdir((out + "/npy").c_str(), 0755);
   NpySeeds(out + "/npy");

@@ -42,6 +42,13 @@ targets=(
   "custody_sealed_header_fuzzer:sealed:sealed.dict"
   "custody_npy_fuzzer:npy:npy.dict"
   "custody_tpm_verifier_fuzzer:tpm:tpm.dict"
+  "custody_protocol_message_fuzzer:protocol:protocol.dict"
+  "custody_envelope_fuzzer:envelope:protocol.dict"
+  "custody_audit_fuzzer:audit:audit.dict"
+  "custody_json_fuzzer:json:json.dict"
+  "custody_admin_request_fuzzer:admin:admin.dict"
+  "custody_url_fuzzer:url:url.dict"
+  "custody_config_fuzzer:config:config.dict"
 )
 
 # Stack traces for UBSan reports too (ASan prints them by default).

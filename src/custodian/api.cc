@@ -1,12 +1,10 @@
 #include "custodian/api.h"
 
-#include <charconv>
 #include <mutex>
 #include <optional>
 #include <unordered_map>
 
-#include "core/format/sealed.h"
-#include "core/protocol/json.h"
+#include "custodian/admin_requests.h"
 #include "custodian/http/run_blocking.h"
 
 namespace custody::custodian {
@@ -16,9 +14,6 @@ using http::Access;
 using http::Principal;
 using http::Request;
 using http::Response;
-using protocol::JsonObject;
-
-constexpr size_t kMaxAdminBody = 64 * 1024;
 
 Actor ActorOf(const Principal& p) {
   switch (p.kind) {
@@ -44,13 +39,6 @@ http::Role ToHttpRole(Role r) {
   return http::Role::kViewer;
 }
 
-Result<Role> ParseRole(std::string_view name) {
-  if (name == "admin") return Role::kAdmin;
-  if (name == "operator") return Role::kOperator;
-  if (name == "viewer") return Role::kViewer;
-  return InvalidArgument("field 'role': expected admin, operator or viewer");
-}
-
 Response Answer(const Result<nlohmann::json>& r, int ok_status = 200) {
   if (!r) return Response::FromStatus(r.error());
   return Response::Json(ok_status, *r);
@@ -59,39 +47,6 @@ Response Answer(const Result<nlohmann::json>& r, int ok_status = 200) {
 Response Answer(const Status& s) {
   if (!s.ok()) return Response::FromStatus(s);
   return Response::Json(200, {{"ok", true}});
-}
-
-// Parses the body of an admin request and runs `fn` on it.
-template <typename Fn>
-Response WithBody(const Request& req, std::string_view what, Fn&& fn) {
-  Result<nlohmann::json> body = protocol::ParseJsonObject(req.body, kMaxAdminBody, what);
-  if (!body) return Response::FromStatus(body.error());
-  return fn(JsonObject(*body, ""));
-}
-
-Result<TimePoint> ParseTime(const JsonObject& o, std::string_view key) {
-  CUSTODY_ASSIGN_OR_RETURN(std::string text, o.String(key, 32));
-  Result<std::chrono::sys_seconds> t = format::ParseTimestamp(text);
-  if (!t) {
-    return o.FieldError(key,
-                        "expected a date (YYYY-MM-DD) or RFC 3339 UTC time "
-                        "(YYYY-MM-DDTHH:MM:SSZ)");
-  }
-  return *t;
-}
-
-Result<uint64_t> QueryUint(const Request& req, const std::string& key, uint64_t fallback,
-                           uint64_t max) {
-  auto it = req.query.find(key);
-  if (it == req.query.end()) return fallback;
-  uint64_t v = 0;
-  const std::string& s = it->second;
-  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  if (s.empty() || ec != std::errc() || end != s.data() + s.size() || v > max) {
-    return InvalidArgument("query parameter '" + key + "' must be an integer from 0 to " +
-                           std::to_string(max));
-  }
-  return v;
 }
 
 }  // namespace
@@ -223,37 +178,37 @@ http::Router Api::BuildRouter() {
   });
   // The long-poll: answers at once when there are events after `after`, else when one arrives
   // or `wait_ms` passes. wait_ms=0 is a plain heartbeat.
-  r.AddAsync("GET", "/v1/events", Access::kDevice,
-             [this](const Request& req, const Principal& p) -> http::asio::awaitable<Response> {
-               Result<uint64_t> after = QueryUint(req, "after", 0, UINT64_MAX);
-               Result<uint64_t> wait = QueryUint(req, "wait_ms", options_.default_poll_wait.count(),
-                                                 options_.max_poll_wait.count());
-               if (!after) co_return Response::FromStatus(after.error());
-               if (!wait) co_return Response::FromStatus(wait.error());
-               const std::string device = p.id;
-               auto read = [&]() -> http::asio::awaitable<Result<protocol::EventsResponse>> {
-                 if (cache_->NothingAfter(device, *after)) {
-                   co_return protocol::EventsResponse{{}, *after};
-                 }
-                 // Database reads run on the event pool, never on an I/O thread.
-                 const uint64_t read_began = cache_->Generation();
-                 Result<protocol::EventsResponse> events = co_await http::RunBlocking(
-                     *pool_, [&] { return service_.Events(device, *after); });
-                 if (events && events->events.empty()) {
-                   cache_->MarkClean(device, *after, read_began);
-                 }
-                 co_return events;
-               };
-               const http::LongPollHub::Sequence since = hub_.Now();
-               Result<protocol::EventsResponse> events = co_await read();
-               if (events && events->events.empty() && *wait > 0) {
-                 const bool woken =
-                     co_await hub_.Wait(device, std::chrono::milliseconds(*wait), since);
-                 if (woken) events = co_await read();
-               }
-               if (!events) co_return Response::FromStatus(events.error());
-               co_return Response::Json(200, protocol::ToJson(*events));
-             });
+  r.AddAsync(
+      "GET", "/v1/events", Access::kDevice,
+      [this](const Request& req, const Principal& p) -> http::asio::awaitable<Response> {
+        Result<uint64_t> after = QueryUint(req.query, "after", 0, UINT64_MAX);
+        Result<uint64_t> wait = QueryUint(req.query, "wait_ms", options_.default_poll_wait.count(),
+                                          options_.max_poll_wait.count());
+        if (!after) co_return Response::FromStatus(after.error());
+        if (!wait) co_return Response::FromStatus(wait.error());
+        const std::string device = p.id;
+        auto read = [&]() -> http::asio::awaitable<Result<protocol::EventsResponse>> {
+          if (cache_->NothingAfter(device, *after)) {
+            co_return protocol::EventsResponse{{}, *after};
+          }
+          // Database reads run on the event pool, never on an I/O thread.
+          const uint64_t read_began = cache_->Generation();
+          Result<protocol::EventsResponse> events =
+              co_await http::RunBlocking(*pool_, [&] { return service_.Events(device, *after); });
+          if (events && events->events.empty()) {
+            cache_->MarkClean(device, *after, read_began);
+          }
+          co_return events;
+        };
+        const http::LongPollHub::Sequence since = hub_.Now();
+        Result<protocol::EventsResponse> events = co_await read();
+        if (events && events->events.empty() && *wait > 0) {
+          const bool woken = co_await hub_.Wait(device, std::chrono::milliseconds(*wait), since);
+          if (woken) events = co_await read();
+        }
+        if (!events) co_return Response::FromStatus(events.error());
+        co_return Response::Json(200, protocol::ToJson(*events));
+      });
 
   // ----- admin: reads (viewer) ------------------------------------------------------------------
   r.Add("GET", "/v1/admin/models", Access::kViewer,
@@ -270,26 +225,14 @@ http::Router Api::BuildRouter() {
         [&svc](const Request&, const Principal&) { return Answer(svc.ListLicences()); });
   r.Add("GET", "/v1/admin/extensions", Access::kViewer,
         [&svc](const Request& req, const Principal&) {
-          std::optional<ExtensionStatus> status;
-          auto it = req.query.find("status");
-          if (it != req.query.end()) {
-            if (it->second == "pending") {
-              status = ExtensionStatus::kPending;
-            } else if (it->second == "approved") {
-              status = ExtensionStatus::kApproved;
-            } else if (it->second == "denied") {
-              status = ExtensionStatus::kDenied;
-            } else {
-              return Response::FromStatus(
-                  InvalidArgument("query parameter 'status' must be pending, approved or denied"));
-            }
-          }
-          return Answer(svc.ListExtensions(status));
+          Result<std::optional<ExtensionStatus>> status = ParseExtensionStatusFilter(req.query);
+          if (!status) return Response::FromStatus(status.error());
+          return Answer(svc.ListExtensions(*status));
         });
   // The audit trail as JSON lines (protocol/audit.h), from `after`, at most `limit` entries.
   r.Add("GET", "/v1/admin/audit", Access::kViewer, [this](const Request& req, const Principal&) {
-    Result<uint64_t> after = QueryUint(req, "after", 0, UINT64_MAX);
-    Result<uint64_t> limit = QueryUint(req, "limit", 1000, 10000);
+    Result<uint64_t> after = QueryUint(req.query, "after", 0, UINT64_MAX);
+    Result<uint64_t> limit = QueryUint(req.query, "limit", 1000, 10000);
     if (!after) return Response::FromStatus(after.error());
     if (!limit) return Response::FromStatus(limit.error());
     Result<std::vector<protocol::AuditEntry>> entries =
@@ -307,191 +250,67 @@ http::Router Api::BuildRouter() {
   // ----- admin: operations (operator) ---------------------------------------------------------
   r.Add("POST", "/v1/admin/enrollment-tokens", Access::kOperator,
         [&svc](const Request& req, const Principal& p) {
-          return WithBody(req, "enrollment token request", [&](const JsonObject& o) {
-            Status known = o.RejectUnknown({"group", "ttl_seconds"});
-            if (!known.ok()) return Response::FromStatus(known);
-            Result<std::string> group = o.String("group", 64);
-            Result<std::optional<uint64_t>> ttl = o.OptionalUint("ttl_seconds", 30 * 24 * 3600);
-            if (!group) return Response::FromStatus(group.error());
-            if (!ttl) return Response::FromStatus(ttl.error());
-            return Answer(svc.CreateEnrollmentToken(ActorOf(p), *group,
-                                                    std::chrono::seconds(ttl->value_or(24 * 3600))),
-                          201);
-          });
+          Result<EnrollmentTokenSpec> spec = ParseEnrollmentTokenRequest(req.body);
+          if (!spec) return Response::FromStatus(spec.error());
+          return Answer(svc.CreateEnrollmentToken(ActorOf(p), spec->group, spec->ttl), 201);
         });
-  r.Add(
-      "POST", "/v1/admin/licences", Access::kOperator,
-      [&svc](const Request& req, const Principal& p) {
-        return WithBody(req, "licence", [&](const JsonObject& o) -> Response {
-          Status known = o.RejectUnknown({"model_id", "device_id", "group", "budget", "not_after",
-                                          "offline_grace_seconds", "extension"});
-          if (!known.ok()) return Response::FromStatus(known);
-          LicenceSpec spec;
-          auto fill = [&]() -> Status {
-            CUSTODY_ASSIGN_OR_RETURN(spec.model_id, o.String("model_id", 64));
-            CUSTODY_ASSIGN_OR_RETURN(std::optional<std::string> device,
-                                     o.OptionalString("device_id", 64));
-            CUSTODY_ASSIGN_OR_RETURN(std::optional<std::string> group,
-                                     o.OptionalString("group", 64));
-            spec.device_id = device.value_or("");
-            spec.group = group.value_or("");
-            CUSTODY_ASSIGN_OR_RETURN(spec.budget, o.Uint("budget", uint64_t{1} << 48));
-            CUSTODY_ASSIGN_OR_RETURN(spec.not_after, ParseTime(o, "not_after"));
-            CUSTODY_ASSIGN_OR_RETURN(uint64_t grace,
-                                     o.Uint("offline_grace_seconds", 365ull * 24 * 3600));
-            spec.offline_grace_ms = grace * 1000;
-            CUSTODY_ASSIGN_OR_RETURN(std::optional<JsonObject> ext, o.OptionalObject("extension"));
-            if (ext) {
-              CUSTODY_RETURN_IF_ERROR(
-                  ext->RejectUnknown({"manual", "auto_approve_up_to", "period_seconds"}));
-              if (ext->Has("manual")) {
-                CUSTODY_ASSIGN_OR_RETURN(spec.extension.manual, ext->Bool("manual"));
-              }
-              CUSTODY_ASSIGN_OR_RETURN(std::optional<uint64_t> up_to,
-                                       ext->OptionalUint("auto_approve_up_to", uint64_t{1} << 48));
-              CUSTODY_ASSIGN_OR_RETURN(std::optional<uint64_t> period,
-                                       ext->OptionalUint("period_seconds", 366ull * 24 * 3600));
-              spec.extension.auto_approve_up_to = up_to.value_or(0);
-              spec.extension.period_seconds = period.value_or(0);
-              if (!ext->Has("manual")) spec.extension.manual = !up_to.has_value();
-            }
-            return OkStatus();
-          };
-          Status filled = fill();
-          if (!filled.ok()) return Response::FromStatus(filled);
-          return Answer(svc.CreateLicence(ActorOf(p), spec), 201);
+  r.Add("POST", "/v1/admin/licences", Access::kOperator,
+        [&svc](const Request& req, const Principal& p) {
+          Result<LicenceSpec> spec = ParseLicenceRequest(req.body);
+          if (!spec) return Response::FromStatus(spec.error());
+          return Answer(svc.CreateLicence(ActorOf(p), *spec), 201);
         });
-      });
   r.Add(
       "POST", "/v1/admin/extensions/{request_id}/approve", Access::kOperator,
       [&svc](const Request& req, const Principal& p) {
-        uint64_t granted = 0;
-        if (!req.body.empty()) {
-          Result<nlohmann::json> body =
-              protocol::ParseJsonObject(req.body, kMaxAdminBody, "approval");
-          if (!body) return Response::FromStatus(body.error());
-          JsonObject o(*body, "");
-          Status known = o.RejectUnknown({"granted"});
-          if (!known.ok()) return Response::FromStatus(known);
-          Result<std::optional<uint64_t>> g = o.OptionalUint("granted", uint64_t{1} << 40);
-          if (!g) return Response::FromStatus(g.error());
-          granted = g->value_or(0);
-        }
-        return Answer(svc.ApproveExtension(ActorOf(p), req.path_params.at("request_id"), granted));
+        Result<uint64_t> granted = ParseExtensionApproval(req.body);
+        if (!granted) return Response::FromStatus(granted.error());
+        return Answer(svc.ApproveExtension(ActorOf(p), req.path_params.at("request_id"), *granted));
       });
   r.Add("POST", "/v1/admin/extensions/{request_id}/deny", Access::kOperator,
         [&svc](const Request& req, const Principal& p) {
-          return WithBody(req, "denial", [&](const JsonObject& o) {
-            Status known = o.RejectUnknown({"reason"});
-            if (!known.ok()) return Response::FromStatus(known);
-            Result<std::string> reason = o.String("reason", 512);
-            if (!reason) return Response::FromStatus(reason.error());
-            return Answer(svc.DenyExtension(ActorOf(p), req.path_params.at("request_id"), *reason));
-          });
+          Result<std::string> reason = ParseExtensionDenial(req.body);
+          if (!reason) return Response::FromStatus(reason.error());
+          return Answer(svc.DenyExtension(ActorOf(p), req.path_params.at("request_id"), *reason));
         });
   r.Add("POST", "/v1/admin/revocations", Access::kOperator,
         [&svc](const Request& req, const Principal& p) {
-          return WithBody(req, "revocation", [&](const JsonObject& o) {
-            Status known = o.RejectUnknown({"scope", "id", "reason"});
-            if (!known.ok()) return Response::FromStatus(known);
-            Result<std::string> scope = o.String("scope", 16);
-            Result<std::string> id = o.String("id", 64);
-            Result<std::string> reason = o.String("reason", 512);
-            for (const Status& s : {scope.status(), id.status(), reason.status()}) {
-              if (!s.ok()) return Response::FromStatus(s);
-            }
-            return Answer(svc.Revoke(ActorOf(p), *scope, *id, *reason));
-          });
+          Result<RevocationSpec> spec = ParseRevocationRequest(req.body);
+          if (!spec) return Response::FromStatus(spec.error());
+          return Answer(svc.Revoke(ActorOf(p), spec->scope, spec->id, spec->reason));
         });
 
   // ----- admin: configuration (admin) ---------------------------------------------------------
   r.Add("POST", "/v1/admin/models", Access::kAdmin, [&svc](const Request& req, const Principal& p) {
-    return WithBody(req, "model registration", [&](const JsonObject& o) -> Response {
-      Status known = o.RejectUnknown({"model_id", "name", "version", "dek", "sealed_sha256"});
-      if (!known.ok()) return Response::FromStatus(known);
-      ModelRegistration m;
-      auto fill = [&]() -> Status {
-        CUSTODY_ASSIGN_OR_RETURN(m.model_id, o.String("model_id", 32));
-        CUSTODY_ASSIGN_OR_RETURN(m.name, o.String("name", 128));
-        CUSTODY_ASSIGN_OR_RETURN(m.version, o.String("version", 64));
-        CUSTODY_ASSIGN_OR_RETURN(Bytes dek, o.Hex("dek", format::kDekBytes));
-        CUSTODY_ASSIGN_OR_RETURN(m.dek, SecretBuffer::CopyFrom(dek));
-        SecureWipe(dek.data(), dek.size());
-        CUSTODY_ASSIGN_OR_RETURN(std::optional<std::string> sha,
-                                 o.OptionalString("sealed_sha256", 64));
-        m.sealed_sha256 = sha.value_or("");
-        return OkStatus();
-      };
-      Status filled = fill();
-      if (!filled.ok()) return Response::FromStatus(filled);
-      return Answer(svc.RegisterModel(ActorOf(p), std::move(m)), 201);
-    });
+    Result<ModelRegistration> m = ParseModelRegistration(req.body);
+    if (!m) return Response::FromStatus(m.error());
+    return Answer(svc.RegisterModel(ActorOf(p), std::move(m).value()), 201);
   });
   r.Add("POST", "/v1/admin/models/{model_id}/retire", Access::kAdmin,
         [&svc](const Request& req, const Principal& p) {
-          std::string reason = "retired";
-          if (!req.body.empty()) {
-            Result<nlohmann::json> body =
-                protocol::ParseJsonObject(req.body, kMaxAdminBody, "retirement");
-            if (!body) return Response::FromStatus(body.error());
-            JsonObject o(*body, "");
-            Status known = o.RejectUnknown({"reason"});
-            if (!known.ok()) return Response::FromStatus(known);
-            Result<std::string> r2 = o.String("reason", 512);
-            if (!r2) return Response::FromStatus(r2.error());
-            reason = *r2;
-          }
-          return Answer(svc.RetireModel(ActorOf(p), req.path_params.at("model_id"), reason));
+          Result<std::string> reason = ParseModelRetirement(req.body);
+          if (!reason) return Response::FromStatus(reason.error());
+          return Answer(svc.RetireModel(ActorOf(p), req.path_params.at("model_id"), *reason));
         });
   r.Add("POST", "/v1/admin/groups", Access::kAdmin, [&svc](const Request& req, const Principal& p) {
-    return WithBody(req, "group", [&](const JsonObject& o) -> Response {
-      Status known = o.RejectUnknown({"name", "pcrs", "allow_tofu", "require_ek_certificate"});
-      if (!known.ok()) return Response::FromStatus(known);
-      GroupSpec spec;
-      auto fill = [&]() -> Status {
-        CUSTODY_ASSIGN_OR_RETURN(spec.name, o.String("name", 64));
-        CUSTODY_ASSIGN_OR_RETURN(std::vector<uint64_t> pcrs, o.Uints("pcrs", 24, 23));
-        spec.pcrs.assign(pcrs.begin(), pcrs.end());
-        if (o.Has("allow_tofu")) {
-          CUSTODY_ASSIGN_OR_RETURN(spec.allow_tofu, o.Bool("allow_tofu"));
-        }
-        if (o.Has("require_ek_certificate")) {
-          CUSTODY_ASSIGN_OR_RETURN(spec.require_ek_certificate, o.Bool("require_ek_certificate"));
-        }
-        return OkStatus();
-      };
-      Status filled = fill();
-      if (!filled.ok()) return Response::FromStatus(filled);
-      return Answer(svc.CreateGroup(ActorOf(p), spec), 201);
-    });
+    Result<GroupSpec> spec = ParseGroupRequest(req.body);
+    if (!spec) return Response::FromStatus(spec.error());
+    return Answer(svc.CreateGroup(ActorOf(p), *spec), 201);
   });
   r.Add("POST", "/v1/admin/groups/{group}/golden-sets", Access::kAdmin,
         [&svc](const Request& req, const Principal& p) {
-          return WithBody(req, "golden set", [&](const JsonObject& o) -> Response {
-            Status known = o.RejectUnknown({"name", "pcrs"});
-            if (!known.ok()) return Response::FromStatus(known);
-            Result<std::string> name = o.String("name", 64);
-            if (!name) return Response::FromStatus(name.error());
-            Result<tpm::PcrValues> pcrs = protocol::PcrValuesFromJson(o, "pcrs");
-            if (!pcrs) return Response::FromStatus(pcrs.error());
-            return Answer(svc.AddGoldenSet(ActorOf(p), req.path_params.at("group"), *name, *pcrs),
-                          201);
-          });
+          Result<GoldenSetSpec> spec = ParseGoldenSetRequest(req.body);
+          if (!spec) return Response::FromStatus(spec.error());
+          return Answer(
+              svc.AddGoldenSet(ActorOf(p), req.path_params.at("group"), spec->name, spec->pcrs),
+              201);
         });
   r.Add("GET", "/v1/admin/tokens", Access::kAdmin,
         [&svc](const Request&, const Principal&) { return Answer(svc.ListTokens()); });
   r.Add("POST", "/v1/admin/tokens", Access::kAdmin, [&svc](const Request& req, const Principal& p) {
-    return WithBody(req, "token request", [&](const JsonObject& o) {
-      Status known = o.RejectUnknown({"name", "role"});
-      if (!known.ok()) return Response::FromStatus(known);
-      Result<std::string> name = o.String("name", 64);
-      Result<std::string> role_name = o.String("role", 16);
-      if (!name) return Response::FromStatus(name.error());
-      if (!role_name) return Response::FromStatus(role_name.error());
-      Result<Role> role = ParseRole(*role_name);
-      if (!role) return Response::FromStatus(role.error());
-      return Answer(svc.CreateToken(ActorOf(p), *name, *role), 201);
-    });
+    Result<TokenSpec> spec = ParseTokenRequest(req.body);
+    if (!spec) return Response::FromStatus(spec.error());
+    return Answer(svc.CreateToken(ActorOf(p), spec->name, spec->role), 201);
   });
   r.Add("POST", "/v1/admin/tokens/{token_id}/revoke", Access::kAdmin,
         [&svc](const Request& req, const Principal& p) {

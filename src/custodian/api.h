@@ -1,4 +1,4 @@
-// The custodian's HTTP API (docs/api/openapi.yaml): routes, request parsing and the mapping of
+// The custodian's HTTP API (docs/api/openapi.json): routes, request parsing and the mapping of
 // CustodianService results to HTTP answers. Parsing is strict (protocol/json.h): unknown fields,
 // wrong types and out-of-range values are 400 with the field named.
 //

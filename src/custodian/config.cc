@@ -3,9 +3,11 @@
 #include <toml++/toml.h>
 
 #include <charconv>
+#include <cstdio>
 #include <set>
 
 #include "core/base/file.h"
+#include "core/protocol/json.h"
 
 namespace custody::custodian {
 namespace {
@@ -103,9 +105,59 @@ std::string Absolute(const std::string& data_dir, const std::string& path) {
   return data_dir + "/" + path;
 }
 
+// toml++ 3.3 reaches __builtin_unreachable in its non-ASCII whitespace and bare-key tables for
+// many code points (e.g. U+00E9 or U+FEDF where whitespace may follow a value), and where it looks
+// them up depends on how it recovers from malformed text, so no scan of ours can tell the safe
+// places apart. The configuration is therefore ASCII only (every key and value Custody defines
+// is). Returns the 1-based line of the first non-ASCII byte, or 0.
+size_t FirstNonAsciiLine(std::string_view text) {
+  size_t line = 1;
+  for (char c : text) {
+    if (c == '\n') ++line;
+    if (static_cast<unsigned char>(c) >= 0x80) return line;
+  }
+  return 0;
+}
+
+// `s` as the inside of a TOML basic string in ASCII: quotes, backslashes and control characters
+// escaped, and non-ASCII code points as \UXXXXXXXX (ParseConfig reads ASCII text only). Bytes
+// that are not UTF-8 are kept, and ParseConfig then refuses the file, naming the line.
+std::string TomlEscape(std::string_view s) {
+  std::string out;
+  char buf[16];
+  for (size_t i = 0; i < s.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20 || c == 0x7f) {
+      std::snprintf(buf, sizeof(buf), "\\u%04X", c);
+      out += buf;
+    } else if (c < 0x80) {
+      out += static_cast<char>(c);
+    } else {
+      const size_t n = (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+      if (n == 0 || i + n > s.size() || !protocol::IsCleanText(s.substr(i, n))) {
+        out += static_cast<char>(c);
+        continue;
+      }
+      uint32_t cp = c & (0xff >> (n + 1));
+      for (size_t k = 1; k < n; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3f);
+      std::snprintf(buf, sizeof(buf), "\\U%08X", static_cast<unsigned>(cp));
+      out += buf;
+      i += n - 1;
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 Result<Config> ParseConfig(std::string_view text, std::string_view source) {
+  if (const size_t line = FirstNonAsciiLine(text); line != 0) {
+    return InvalidArgument(std::string(source) + ":" + std::to_string(line) +
+                           ": non-ASCII character (the configuration must be ASCII text)");
+  }
   toml::table root;
   try {
     root = toml::parse(text, source);
@@ -201,11 +253,11 @@ Result<Config> LoadConfig(const std::string& path) {
 std::string DefaultConfigText(const std::string& data_dir, const std::string& listen) {
   return "# Custody custodian configuration (docs/OPERATIONS.md, \"Running a custodian\").\n"
          "data_dir = \"" +
-         data_dir +
+         TomlEscape(data_dir) +
          "\"\n\n"
          "[server]\n"
          "listen = \"" +
-         listen +
+         TomlEscape(listen) +
          "\"\n"
          "io_threads = 2\n"
          "worker_threads = 8\n"

@@ -27,6 +27,8 @@
 //
 // Unknown keys are errors (a misspelt limit must not silently keep its default), and every
 // error names the key and says what is expected.
+// The text must be ASCII (paths included): the TOML library has undefined behaviour on some
+// non-ASCII input, so any non-ASCII byte is refused before it is parsed.
 #pragma once
 
 #include <chrono>

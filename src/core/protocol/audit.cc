@@ -44,6 +44,10 @@ void ChainAuditEntry(AuditEntry& e, const AuditEntry* previous) {
 Status VerifyAuditChain(std::span<const AuditEntry> entries,
                         std::optional<crypto::Sha256Digest> anchor) {
   if (entries.empty()) return OkStatus();
+  // Entries are numbered from 1; a 0 is an altered entry or a sequence that wrapped around.
+  for (const AuditEntry& e : entries) {
+    if (e.seq == 0) return BadEntry(e, "entry numbers start at 1");
+  }
   if (entries.front().seq != 1 && !anchor) {
     return InvalidArgument("the export starts at entry " + std::to_string(entries.front().seq) +
                            "; give the hash of entry " + std::to_string(entries.front().seq - 1) +

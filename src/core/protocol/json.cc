@@ -174,6 +174,10 @@ Result<Bytes> JsonObject::Base64(std::string_view key, size_t max_len) const {
   }
   Result<Bytes> bytes = Base64Decode(s);
   if (!bytes) return FieldError(key, bytes.error().message());
+  // The length check above lets up to two bytes more through (4 characters hold 3 bytes).
+  if (bytes->size() > max_len) {
+    return FieldError(key, "longer than " + std::to_string(max_len) + " bytes");
+  }
   return bytes;
 }
 
