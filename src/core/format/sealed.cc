@@ -59,13 +59,19 @@ uint64_t ChunkCount(uint64_t plaintext_size, uint8_t chunk_size_log2) {
 // ----- timestamps ----------------------------------------------------------------------------
 
 Result<std::chrono::sys_seconds> ParseTimestamp(std::string_view s) {
-  int y, mo, d, h = 23, mi = 59, sec = 59;
+  int y = 0, mo = 0, d = 0, h = 23, mi = 59, sec = 59;
   char tail = 0;
   std::string text(s);
-  bool ok = false;
-  if (text.size() == 10) {
+  // The exact shape first: sscanf alone would take "2030- 1- 1" or "1970-+1-01".
+  constexpr std::string_view kLong = "DDDD-DD-DDTDD:DD:DDZ";
+  bool ok = text.size() == 10 || text.size() == kLong.size();
+  for (size_t i = 0; ok && i < text.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(text[i]);
+    ok = kLong[i] == 'D' ? std::isdigit(c) != 0 : c == static_cast<unsigned char>(kLong[i]);
+  }
+  if (ok && text.size() == 10) {
     ok = std::sscanf(text.c_str(), "%4d-%2d-%2d%c", &y, &mo, &d, &tail) == 3;
-  } else if (text.size() == 20) {
+  } else if (ok) {
     ok = std::sscanf(text.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d%c", &y, &mo, &d, &h, &mi, &sec,
                      &tail) == 7 &&
          tail == 'Z';

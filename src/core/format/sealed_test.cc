@@ -230,6 +230,16 @@ TEST(SealedFormat, TimestampsParseAndNormalise) {
   EXPECT_FALSE(NormaliseTimestamp("10000-01-01").has_value());
 }
 
+TEST(SealedFormat, TimestampsMustHaveTheExactShape) {
+  EXPECT_TRUE(ParseTimestamp("2030-01-01").has_value());
+  EXPECT_TRUE(ParseTimestamp("2030-01-01T12:00:00Z").has_value());
+  for (const char* bad :
+       {"2030- 1- 1", "1970-+1-01", "2030-1-01x", "2030-01-01T12:00:00+", "2030/01/01",
+        "2030-01-01 12:00:00Z", " 2030-01-1", "2030-01-01T1:00:00Z"}) {
+    EXPECT_FALSE(ParseTimestamp(bad).has_value()) << bad;
+  }
+}
+
 // Found by the header fuzzer: a year past 2262 overflowed a nanosecond time_point. The format
 // allows years up to 9999, and expiry must still be decided correctly there.
 TEST(SealedFormat, FarFutureDatesParseAndCompare) {

@@ -108,7 +108,7 @@ Result<tpm::ApprovedPolicy> ApprovedPolicyFromJson(const JsonObject& o) {
   CUSTODY_ASSIGN_OR_RETURN(Bytes approved, o.Hex("approved_digest", 32));
   std::copy(pcr_digest.begin(), pcr_digest.end(), p.pcr_digest.begin());
   std::copy(approved.begin(), approved.end(), p.approved_digest.begin());
-  CUSTODY_ASSIGN_OR_RETURN(p.policy_ref, o.Base64("policy_ref", 64));
+  CUSTODY_ASSIGN_OR_RETURN(p.policy_ref, o.Base64("policy_ref", 32));
   CUSTODY_ASSIGN_OR_RETURN(p.signature, o.Base64("signature", kMaxTpmStructBytes));
   return p;
 }
