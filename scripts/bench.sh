@@ -15,7 +15,11 @@
 #   5. store             BUILD_DIR/bench/custody_store_bench: state changes per second of the
 #                        custodian's SQLite store (a record + an audit entry per transaction, group
 #                        commit), power-loss and process-crash durability (needs the store
-#                        library in the build).
+#                        library in the build);
+#   6. custodian         BUILD_DIR/bench/custody_custodian_bench: N = 1,000 and 10,000 software
+#                        devices against a real custodian (its own process) over HTTPS with mutual
+#                        TLS on loopback: attestations+leases/s, heartbeats/s, p50/p99 latency and
+#                        the stop switch's fan-out to every waiting device (about 3 minutes).
 # Scratch files go to BUILD_DIR/bench-tmp and are removed. Misses are reported, not failures: the
 # script fails only if a benchmark cannot run. The figures are only as quiet as the machine:
 # the load average is printed first, and a busy machine is called out.
@@ -129,6 +133,16 @@ else
   echo "bench: store $store_note"
 fi
 
+# ----- 6. custodian under load from N software devices -----------------------------------------
+custodian_note=""
+if [ -x "$bench/custody_custodian_bench" ]; then
+  run custodian "$bench/custody_custodian_bench" --dir "$tmp" || status=1
+else
+  custodian_note="not run: custody_custodian_bench is not built (no custodian library in this build)"
+  echo
+  echo "bench: custodian $custodian_note"
+fi
+
 # ----- summary --------------------------------------------------------------------------------
 threads=$(result open threads)
 echo
@@ -182,6 +196,24 @@ else
   echo "   context: 1 thread $(result store store_power_loss_1thread_per_s)/s (power loss)," \
     "$(result store store_process_crash_1thread_per_s)/s (process crash);" \
     "fsync $(result store store_fsync_ms) ms"
+fi
+echo "6. custodian: N software devices, HTTPS + mutual TLS on loopback, SQLite (power loss)"
+if [ -n "$custodian_note" ]; then
+  echo "   $custodian_note"
+else
+  for n in 1000 10000; do
+    [ "$(result custodian "custodian_${n}_attest_per_s")" != "n/a" ] || continue
+    echo "   N=$n: attest+lease/s $(result custodian "custodian_${n}_attest_per_s") (target >= 1000);" \
+      "heartbeats/s $(result custodian "custodian_${n}_heartbeat_per_s") (target >= 10000)"
+    echo "   N=$n: p50/p99 ms at the target rate: attest+lease" \
+      "$(result custodian "custodian_${n}_attest_ms"), heartbeat" \
+      "$(result custodian "custodian_${n}_heartbeat_ms") (target p99 < 50)"
+    echo "   N=$n: revocation reaches the last waiting device in" \
+      "$(result custodian "custodian_${n}_revocation_s") s (target < 1)"
+    echo "   N=$n: context: cpu per op (custodian+load generator, us) attest+lease" \
+      "$(result custodian "custodian_${n}_attest_cpu_us"), heartbeat" \
+      "$(result custodian "custodian_${n}_heartbeat_cpu_us")"
+  done
 fi
 echo "========================================================================================"
 echo "logs: $log_dir"

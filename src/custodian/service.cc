@@ -163,6 +163,12 @@ CustodianService::CustodianService(Store& store, const CustodianKeys& keys, Serv
   Result<SecretBuffer> key = keys_.dek_sealer->DeriveKey("nonce-mac");
   if (!key) Panic("cannot derive the nonce key: " + key.error().ToString());
   nonce_key_ = std::move(key).value();
+  Result<crypto::Sha256Digest> auth_policy =
+      tpm::BindingKeyAuthPolicy(keys_.policy_key.public_key());
+  if (!auth_policy) {
+    Panic("cannot compute the binding key policy: " + auth_policy.error().ToString());
+  }
+  binding_auth_policy_ = *auth_policy;
 }
 
 std::string CustodianService::Now() const { return Time(clock_()); }
@@ -551,10 +557,7 @@ Result<LeaseRecord> CustodianService::BuildLease(
     const std::vector<tpm::ApprovedPolicy>& approvals) const {
   CUSTODY_ASSIGN_OR_RETURN(ModelRecord model, store_.GetModel(licence.model_id));
   if (model.retired) return FailedPrecondition("model " + model.model_id + " is retired");
-  CUSTODY_ASSIGN_OR_RETURN(SecretBuffer dek,
-                           keys_.dek_sealer->Open(model.dek_sealed, model.model_id));
-  CUSTODY_ASSIGN_OR_RETURN(crypto::Sha256Digest auth_policy,
-                           tpm::BindingKeyAuthPolicy(keys_.policy_key.public_key()));
+  CUSTODY_ASSIGN_OR_RETURN(std::shared_ptr<const SecretBuffer> dek, ModelKey(model));
   protocol::LeasePayload p;
   p.lease_id = RandomId("lease_", 12);
   p.device_id = device.device_id;
@@ -564,7 +567,7 @@ Result<LeaseRecord> CustodianService::BuildLease(
   p.model_version = model.version;
   CUSTODY_ASSIGN_OR_RETURN(
       p.wrapped_dek,
-      tpm::WrapToBindingKey(device.binding_public, auth_policy, dek.span(),
+      tpm::WrapToBindingKey(device.binding_public, binding_auth_policy_, dek->span(),
                             protocol::LeaseDekContext(device.device_id, model.model_id)));
   p.approvals = approvals;
   CUSTODY_ASSIGN_OR_RETURN(uint64_t remaining, Remaining(device, licence));
@@ -591,6 +594,25 @@ Result<LeaseRecord> CustodianService::BuildLease(
   l.issued = clock_();
   l.envelope_json = envelope.dump();
   return l;
+}
+
+Result<std::shared_ptr<const SecretBuffer>> CustodianService::ModelKey(
+    const ModelRecord& model) const {
+  {
+    std::lock_guard<std::mutex> lock(dek_cache_mu_);
+    auto it = dek_cache_.find(model.model_id);
+    if (it != dek_cache_.end() && it->second.sealed == model.dek_sealed) return it->second.key;
+  }
+  // Opened outside the lock; two threads opening the same key at once both succeed.
+  CUSTODY_ASSIGN_OR_RETURN(SecretBuffer dek,
+                           keys_.dek_sealer->Open(model.dek_sealed, model.model_id));
+  auto key = std::make_shared<const SecretBuffer>(std::move(dek));
+  std::lock_guard<std::mutex> lock(dek_cache_mu_);
+  // Bounded: a custodian serves tens of models; beyond this, start over rather than grow.
+  constexpr size_t kMaxOpenedModelKeys = 1024;
+  if (dek_cache_.size() >= kMaxOpenedModelKeys) dek_cache_.clear();
+  dek_cache_[model.model_id] = OpenedModelKey{model.dek_sealed, key};
+  return key;
 }
 
 Result<nlohmann::json> CustodianService::RevocationDocument(const DeviceRecord& device,

@@ -16,8 +16,11 @@
 
 #include <chrono>
 #include <functional>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "core/base/status.h"
@@ -164,12 +167,27 @@ class CustodianService {
   Status PushLeases(const Actor& actor, const std::vector<DeviceRecord>& devices,
                     const std::string& only_licence, const std::string& reason);
   std::string Now() const;
+  // The model's key, opened from its sealed form once and kept for later leases (see dek_cache_).
+  Result<std::shared_ptr<const SecretBuffer>> ModelKey(const ModelRecord& model) const;
 
   Store& store_;
   const CustodianKeys& keys_;
   ServiceOptions options_;
   Clock clock_;
   SecretBuffer nonce_key_;
+  // The authPolicy every binding key must carry (fixed by the policy key): computed once.
+  crypto::Sha256Digest binding_auth_policy_{};
+  // Opened model keys by model id, with the sealed bytes each came from (a model re-registered
+  // with another key is opened again). Every lease wraps its model's key to one device; opening
+  // it each time cost an AES-GCM decryption and a locked mapping (mmap, mlock, munmap with its
+  // TLB shootdown) per lease. The keys stay in SecretBuffers (locked, not dumped, wiped when the
+  // service ends); the master key that opens them is in this process for its whole life anyway.
+  struct OpenedModelKey {
+    Bytes sealed;
+    std::shared_ptr<const SecretBuffer> key;
+  };
+  mutable std::mutex dek_cache_mu_;
+  mutable std::unordered_map<std::string, OpenedModelKey> dek_cache_;
   std::function<void(const std::string&)> on_event_;
 };
 

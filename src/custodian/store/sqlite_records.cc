@@ -816,6 +816,22 @@ Result<uint64_t> GrantedSince(Connection& c, const std::string& licence_id, Time
   return total;
 }
 
+Result<uint64_t> GrantedToDevice(Connection& c, const std::string& licence_id,
+                                 const std::string& device_id) {
+  // Summed here, not in SQL, like UsageForDevice: grants are uint64 in signed columns. The
+  // extensions_device index (schema version 2) finds the device's rows.
+  CUSTODY_ASSIGN_OR_RETURN(
+      std::vector<uint64_t> grants,
+      QueryAll<uint64_t>(
+          c,
+          "SELECT granted FROM extensions WHERE device_id = ? AND licence_id = ? "
+          "AND status = 'approved'",
+          [](const Statement& s) -> Result<uint64_t> { return s.Uint(0); }, device_id, licence_id));
+  uint64_t total = 0;
+  for (uint64_t g : grants) total = SaturatingAdd(total, g);
+  return total;
+}
+
 // ----- events -------------------------------------------------------------------------------
 
 Result<uint64_t> InsertEvent(Connection& c, const DeviceEvent& e) {

@@ -67,6 +67,8 @@ Result<ExtensionRequest> GetExtension(Connection& c, const std::string& request_
 Result<std::vector<ExtensionRequest>> ListExtensions(Connection& c,
                                                      std::optional<ExtensionStatus> status);
 Result<uint64_t> GrantedSince(Connection& c, const std::string& licence_id, TimePoint since);
+Result<uint64_t> GrantedToDevice(Connection& c, const std::string& licence_id,
+                                 const std::string& device_id);
 
 Result<uint64_t> InsertEvent(Connection& c, const DeviceEvent& event);
 Result<std::vector<DeviceEvent>> EventsAfter(Connection& c, const std::string& device_id,

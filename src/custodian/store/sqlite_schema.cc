@@ -209,8 +209,15 @@ BEGIN
 END;
 )sql";
 
+// Version 2: a device's extension requests by licence, for Store::GrantedToDevice, which every
+// lease issuance asks (before, the service read every approved request of every device).
+constexpr char kSchemaV2[] = R"sql(
+CREATE INDEX extensions_device ON extensions (device_id, licence_id);
+)sql";
+
 constexpr Migration kMigrations[] = {
     {1, kSchemaV1},
+    {2, kSchemaV2},
 };
 
 // Runs `fn` inside BEGIN IMMEDIATE ... COMMIT; rolls back if it fails.

@@ -305,6 +305,10 @@ class SqliteStoreImpl final : public SqliteStore {
   Result<uint64_t> GrantedSince(const std::string& licence_id, TimePoint since) const override {
     return Read([&](Connection& c) { return sqlite::GrantedSince(c, licence_id, since); });
   }
+  Result<uint64_t> GrantedToDevice(const std::string& licence_id,
+                                   const std::string& device_id) const override {
+    return Read([&](Connection& c) { return sqlite::GrantedToDevice(c, licence_id, device_id); });
+  }
   Result<std::vector<UsageCount>> UsageForDevice(const std::string& device_id) const override {
     return Read([&](Connection& c) { return sqlite::UsageForDevice(c, device_id); });
   }

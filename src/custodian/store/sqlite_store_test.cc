@@ -537,6 +537,44 @@ TEST_F(SqliteStoreTest, Uint64ValuesAboveInt64MaxRoundTripAndSumWithoutOverflow)
   EXPECT_EQ(store->AuditAfter(UINT64_MAX, SIZE_MAX).value().size(), 0u);
 }
 
+TEST_F(SqliteStoreTest, GrantedToDeviceSumsOnlyThatDevicesApprovedRequestsOnTheLicence) {
+  auto store = OpenStore();
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(store->Transact(PutBasics).ok());
+  auto ext = [](const std::string& id, const std::string& device, const std::string& licence,
+                ExtensionStatus status, uint64_t granted) {
+    return ExtensionRequest{id,     device,  licence,       granted,  "why",
+                            status, granted, "admin:alice", kT0 + 1s, kT0};
+  };
+  const std::vector<ExtensionRequest> requests = {
+      ext("ext_1", "dev_1", "lic_g", ExtensionStatus::kApproved, 10),
+      ext("ext_2", "dev_1", "lic_g", ExtensionStatus::kApproved, 20),
+      ext("ext_3", "dev_1", "lic_g", ExtensionStatus::kPending, 40),
+      ext("ext_4", "dev_1", "lic_g", ExtensionStatus::kDenied, 80),
+      ext("ext_5", "dev_2", "lic_g", ExtensionStatus::kApproved, 160),
+      ext("ext_6", "dev_1", "lic_d", ExtensionStatus::kApproved, 320),
+      ext("ext_7", "dev_1", "lic_d", ExtensionStatus::kApproved, UINT64_MAX),
+  };
+  ASSERT_TRUE(store
+                  ->Transact([&](Transaction& tx) -> Status {
+                    CUSTODY_RETURN_IF_ERROR(tx.PutDevice(MakeDevice("dev_2", "g")));
+                    CUSTODY_RETURN_IF_ERROR(tx.PutLicence(MakeLicence("lic_g", "m1", "", "g")));
+                    CUSTODY_RETURN_IF_ERROR(tx.PutLicence(MakeLicence("lic_d", "m1", "dev_1", "")));
+                    for (const ExtensionRequest& e : requests) {
+                      CUSTODY_RETURN_IF_ERROR(tx.PutExtension(e));
+                    }
+                    return OkStatus();
+                  })
+                  .ok());
+  // Pending and denied requests, other devices' and other licences' grants do not count.
+  EXPECT_EQ(store->GrantedToDevice("lic_g", "dev_1").value(), 30u);
+  EXPECT_EQ(store->GrantedToDevice("lic_g", "dev_2").value(), 160u);
+  EXPECT_EQ(store->GrantedToDevice("lic_d", "dev_2").value(), 0u);
+  EXPECT_EQ(store->GrantedToDevice("lic_x", "dev_x").value(), 0u);
+  // The sum saturates instead of wrapping around to a small number.
+  EXPECT_EQ(store->GrantedToDevice("lic_d", "dev_1").value(), UINT64_MAX);
+}
+
 // ----- transactions -------------------------------------------------------------------------
 
 TEST_F(SqliteStoreTest, FailingCallbackLeavesNothingNotEvenItsAuditEntry) {

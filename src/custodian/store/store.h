@@ -280,6 +280,11 @@ class Store {
       std::optional<ExtensionStatus> status) const = 0;
   // Sum of `granted` of approved requests on `licence_id` decided at or after `since`.
   virtual Result<uint64_t> GrantedSince(const std::string& licence_id, TimePoint since) const = 0;
+  // Sum of `granted` of the approved requests of `device_id` on `licence_id` (saturating): what
+  // the device's allowance on the licence was raised by. Reads only that device's requests, so
+  // its cost does not grow with the fleet's history.
+  virtual Result<uint64_t> GrantedToDevice(const std::string& licence_id,
+                                           const std::string& device_id) const = 0;
 
   virtual Result<std::vector<UsageCount>> UsageForDevice(const std::string& device_id) const = 0;
 
