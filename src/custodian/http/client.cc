@@ -197,7 +197,11 @@ asio::awaitable<Result<ClientResponse>> AsyncConnection::Exchange(const ClientRe
                                asio::redirect_error(asio::use_awaitable, ec));
   }
   if (ec) {
-    *retryable = !parser.got_some() && IsConnectionLost(ec);
+    // Nothing came back: the server may have closed an idle connection before reading the
+    // request, or it may have processed it and died before answering. Only a request that is
+    // safe to process twice may be sent again.
+    *retryable = !parser.got_some() && IsConnectionLost(ec) &&
+                 (request.idempotent || request.method == "GET" || request.method == "HEAD");
     if (ec == bhttp::error::body_limit) {
       co_return ResourceExhausted(label + ": answer body exceeds the limit of " +
                                   std::to_string(options.max_response_body_bytes) + " bytes");

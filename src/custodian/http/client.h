@@ -8,10 +8,12 @@
 // certificate and key give mutual TLS (device routes).
 //
 // Connections are kept alive and reused. If a reused connection turns out to have been closed
-// by the server (it times out idle connections) before any byte of the answer arrived, the
-// request is sent once more on a new connection. The server closes idle connections only between
-// requests, so the first attempt was never processed; Custody's device messages are protected
-// against replays by nonces and sequence numbers in any case.
+// by the server (it times out idle connections), the request is sent once more on a new
+// connection when that cannot make it happen twice: when the request could not be written, or
+// when no byte of the answer arrived and the request is idempotent (GET, HEAD, or marked so by
+// the caller, e.g. a usage report with its report id). A server killed after committing a POST
+// but before answering looks exactly like an idle close, so other POSTs are not resent: the
+// caller gets kUnavailable and decides.
 //
 // Errors: transport failures (resolve, connect, TLS, timeouts, connection lost, malformed answer)
 // are kUnavailable with a message naming the server and the cause ("custodian 10.0.0.5:8443: TLS
@@ -60,6 +62,7 @@ struct ClientRequest {
   std::vector<std::pair<std::string, std::string>> headers;
   std::optional<std::string> bearer_token;           // overrides ClientOptions'
   std::optional<std::chrono::milliseconds> timeout;  // overrides request_timeout (long-polls)
+  bool idempotent = false;  // safe to process twice (GET and HEAD always are): may be resent
 };
 
 struct ClientResponse {
