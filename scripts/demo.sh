@@ -18,7 +18,7 @@ DEMO="$BUILD/demo"
 [ -x "$CUSTODY" ] || { echo "demo: $CUSTODY is missing; run 'make build' first" >&2; exit 1; }
 
 bold() { if [ -t 1 ]; then printf '\n\033[1m== %s\033[0m\n' "$*"; else printf '\n== %s\n' "$*"; fi; }
-run() { printf '$ %s\n' "$*" | sed "s|$CUSTODY|custody|g"; "$@"; }
+run() { printf '$ %s\n' "$*" | sed -e "s|$CUSTODIAN|custodian|g" -e "s|$CUSTODY|custody|g"; "$@"; }
 
 mkdir -p "$DEMO"
 bold "Generating the demo models (torchvision MobileNetV3-Small and ResNet-18, random weights, made locally)"
@@ -88,6 +88,7 @@ run "$CUSTODY" tpm info --tcti "swtpm:path=$TPM_DIR/sock"
 bold "8. The vendor's custodian: keys, database and the first admin token"
 CUST="$DEMO/custodian"
 rm -rf "$CUST" ./*.token audit.ndjson
+mkdir -p "$CUST"
 run "$CUSTODIAN" init --data "$CUST/data" --listen 127.0.0.1:0 | tee "$CUST.init" \
   | sed 's/^cust_.*/cust_… (hidden in the demo output; kept in admin.token)/'
 (umask 077; grep '^cust_' "$CUST.init" >admin.token)

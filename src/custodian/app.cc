@@ -40,6 +40,10 @@ Result<InitResult> InitDataDir(const std::string& data_dir, const std::string& l
     return InvalidArgument("--data must be an absolute path");
   }
   if (mkdir(data_dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    if (errno == ENOENT) {
+      return NotFound("cannot create the data directory " + data_dir +
+                      ": its parent directory does not exist; create the parent first");
+    }
     return ErrnoStatus(errno, "create " + data_dir);
   }
   InitOptions keys;
