@@ -4,7 +4,9 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -167,6 +169,22 @@ Swtpm::~Swtpm() {
   if (!dir_.empty()) fs::remove_all(dir_, ec);
 }
 
+namespace {
+
+bool AcceptsConnections(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(addr.sun_path)) return false;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  const int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  const bool ok = connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0;
+  close(fd);
+  return ok;
+}
+
+}  // namespace
+
 Status Swtpm::Launch() {
   const std::string sock = dir_ + "/sock";
   unlink(sock.c_str());
@@ -189,13 +207,16 @@ Status Swtpm::Launch() {
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  // The test's own descriptors (sockets to other servers, pipes) must not live on in swtpm.
+  posix_spawn_file_actions_addclosefrom_np(&actions, STDERR_FILENO + 1);
   int rc = posix_spawnp(&pid_, "swtpm", &actions, nullptr, c_argv.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
   if (rc != 0) return ErrnoStatus(rc, "start swtpm (is the swtpm package installed?)");
   const auto deadline = Clock::now() + std::chrono::seconds(10);
   while (Clock::now() < deadline) {
-    struct stat st {};
-    if (stat(sock.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) return OkStatus();
+    // The socket file appears at bind(), before swtpm listens: ready means a connect succeeds.
+    // swtpm serves one connection at a time and goes back to accepting when this one closes.
+    if (AcceptsConnections(sock)) return OkStatus();
     int status = 0;
     if (waitpid(pid_, &status, WNOHANG) == pid_) {
       pid_ = -1;
