@@ -10,6 +10,7 @@
 #
 # usage: admin_test.sh CUSTODY CUSTODIAN [CUSTODY_TEST_DEVICE]
 set -uo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
 CUSTODY=$(realpath "$1")
 CUSTODIAN=$(realpath "$2")
 DEVICE_TOOL=${3:+$(realpath "$3")}
@@ -23,25 +24,8 @@ trap cleanup EXIT
 cd "$WORK"
 umask 077
 
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); echo "ok   - $1"; }
-bad() { failed=$((failed + 1)); echo "FAIL - $1"; }
-# expect CODE DESCRIPTION -- command...: runs the command and checks its exit code.
-expect() {
-  local want=$1 desc=$2
-  shift 3
-  "$@" >"$WORK/out" 2>"$WORK/err"
-  local got=$?
-  if [ "$got" -eq "$want" ]; then ok "$desc (exit $got)"; else
-    bad "$desc: expected exit $want, got $got"; sed 's/^/     | /' "$WORK/out" "$WORK/err"; fi
-}
-expect_out() {  # expect_out TEXT DESCRIPTION: the last command's stdout mentions TEXT
-  if grep -q -- "$1" "$WORK/out"; then ok "$2"; else bad "$2: stdout lacks '$1'"; sed 's/^/     | /' "$WORK/out"; fi
-}
-expect_err() {  # expect_err TEXT DESCRIPTION: the last command's stderr mentions TEXT
-  if grep -q -- "$1" "$WORK/err"; then ok "$2"; else bad "$2: stderr lacks '$1'"; sed 's/^/     | /' "$WORK/err"; fi
-}
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
 # jq-like checks of the last command's stdout: check_json DESCRIPTION PYTHON-EXPRESSION (j = JSON)
 check_json() {
   if /usr/bin/python3 -c "import json,sys; j=json.load(open('$WORK/out')); sys.exit(0 if ($2) else 1)" 2>/dev/null; then
@@ -343,5 +327,4 @@ expect 5 "and not against another anchor" -- offline partial.ndjson --anchor "$Z
 grep -q "$(cat "$WORK/admin.token")" "$WORK/serve.log" && bad "the custodian logged the admin token" \
   || ok "the custodian's log holds no token"
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish

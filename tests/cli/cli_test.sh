@@ -12,22 +12,8 @@ WORK=$(mktemp -d /tmp/custody-cli-test.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 cd "$WORK"
 
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); echo "ok   - $1"; }
-bad() { failed=$((failed + 1)); echo "FAIL - $1"; }
-# expect CODE DESCRIPTION -- command...: runs the command and checks its exit code.
-expect() {
-  local want=$1 desc=$2
-  shift 3
-  "$@" >"$WORK/out" 2>"$WORK/err"
-  local got=$?
-  if [ "$got" -eq "$want" ]; then ok "$desc (exit $got)"; else
-    bad "$desc: expected exit $want, got $got"; sed 's/^/     | /' "$WORK/out" "$WORK/err"; fi
-}
-expect_err() {  # expect_err TEXT DESCRIPTION: the last command's stderr mentions TEXT
-  if grep -q -- "$1" "$WORK/err"; then ok "$2"; else bad "$2: stderr lacks '$1'"; sed 's/^/     | /' "$WORK/err"; fi
-}
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
 
 head -c 300000 /dev/urandom >model.onnx
 printf '\x08' | dd of=model.onnx bs=1 count=1 conv=notrunc status=none  # looks like ONNX
@@ -117,5 +103,4 @@ expect 0 "expired models: sealing with a past date works" -- "$CUSTODY" seal mod
 expect 7 "an expired model is refused" -- "$CUSTODY" verify old.sealed --key old.dek --vendor-pub vendor.pub
 expect_err "expired at 2001-01-01T23:59:59Z" "expiry is named"
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish

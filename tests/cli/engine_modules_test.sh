@@ -8,6 +8,7 @@
 # The libraries are copied into a scratch tree and found there through LD_LIBRARY_PATH (the
 # programs carry RUNPATH, which it overrides), so each case arranges its own engine directory.
 set -uo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
 CUSTODY=$(realpath "$1")
 LIBDIR=$(realpath "$2")
 WORK=$(mktemp -d /tmp/custody-modules-test.XXXXXX)
@@ -23,10 +24,8 @@ if [ ! -f "$ENGINES/libcustody-builtin-torchscript.so" ]; then
   exit 0
 fi
 
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); echo "ok   - $1"; }
-bad() { failed=$((failed + 1)); echo "FAIL - $1"; }
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
 
 printf 'PK\003\004 not really a TorchScript archive' >model.pt
 # A 1x3 float32 .npy (version 1.0 header padded to 64 bytes, then 12 bytes of zeros).
@@ -78,5 +77,4 @@ check "a module from another build is refused" 7 "comes from build 'custody-9.*r
 cp "$ENGINES/libcustody-builtin-torchscript.so" "$MODULE"
 check "the genuine module loads (and rejects the fake model itself)" 2 "torchscript: cannot load the model"
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish

@@ -4,6 +4,7 @@
 #
 # usage: tpm_info_test.sh CUSTODY_BINARY
 set -uo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
 CUSTODY=$(realpath "$1")
 WORK=$(mktemp -d /tmp/custody-tpm-info-test.XXXXXX)
 cleanup() {
@@ -12,10 +13,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-passed=0
-failed=0
-ok() { passed=$((passed + 1)); echo "ok   - $1"; }
-bad() { failed=$((failed + 1)); echo "FAIL - $1"; }
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
 
 mkdir -p "$WORK/state"
 swtpm socket --tpm2 --tpmstate dir="$WORK/state" --server type=unixio,path="$WORK/sock" \
@@ -52,5 +51,4 @@ rc=$?
 [ "$rc" -eq 2 ] && grep -q "PCR 24 does not exist" "$WORK/err" \
   && ok "a bad PCR list is exit 2 and says why" || bad "bad PCRs: exit $rc, $(cat "$WORK/err")"
 
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish

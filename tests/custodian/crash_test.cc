@@ -48,6 +48,7 @@
 #include "core/protocol/messages.h"
 #include "custodian/http/client.h"
 #include "custodian/store/sqlite_store.h"
+#include "tests/support/must.h"
 #include "tests/support/test_device.h"
 
 namespace custody::custodian {
@@ -72,21 +73,6 @@ constexpr uint64_t kMaxInferencesPerReport = 3;
 constexpr uint64_t kMaxRequestedPerExtension = 50;
 constexpr size_t kIdempotencyResends = 5;  // per device, after the loop
 constexpr char kClientName[] = "kiosk";
-
-template <typename T>
-T Must(Result<T> r, const char* what) {
-  if (!r.has_value()) {
-    ADD_FAILURE() << what << ": " << r.error().ToString();
-    std::abort();
-  }
-  return std::move(r).value();
-}
-#define MUST(expr) Must((expr), #expr)
-#define ASSERT_OK(expr)                                     \
-  do {                                                      \
-    const ::custody::Status s_ = (expr);                    \
-    ASSERT_TRUE(s_.ok()) << #expr << ": " << s_.ToString(); \
-  } while (0)
 
 std::string ReadText(const std::string& path) {
   Bytes b = MUST(ReadFile(path, 1 << 20));

@@ -22,6 +22,7 @@
 #include "custodian/ca.h"
 #include "custodian/http/client.h"
 #include "custodian/keys.h"
+#include "tests/support/must.h"
 #include "tests/support/test_device.h"
 
 namespace custody::custodian {
@@ -29,21 +30,6 @@ namespace {
 
 using testing::StatusFromResponse;
 using testing::TestDevice;
-
-template <typename T>
-T Must(Result<T> r, const char* what) {
-  if (!r.has_value()) {
-    ADD_FAILURE() << what << ": " << r.error().ToString();
-    std::abort();
-  }
-  return std::move(r).value();
-}
-#define MUST(expr) Must((expr), #expr)
-#define ASSERT_OK(expr)                                     \
-  do {                                                      \
-    const ::custody::Status s_ = (expr);                    \
-    ASSERT_TRUE(s_.ok()) << #expr << ": " << s_.ToString(); \
-  } while (0)
 
 std::string ReadText(const std::string& path) {
   Bytes b = ReadFile(path, 1 << 20).value();
@@ -103,6 +89,17 @@ class CustodianTest : public ::testing::Test {
     return MUST(TestDevice::Create(app_->port(), ca_pem_));
   }
 
+  // A device of the group provisioned by Provision(), enrolled with a fresh token.
+  std::unique_ptr<TestDevice> EnrolledDevice() {
+    std::unique_ptr<TestDevice> device = NewDevice();
+    const Status s = device->Enroll(EnrollmentToken());
+    if (!s.ok()) {
+      ADD_FAILURE() << "enrollment: " << s.ToString();
+      std::abort();
+    }
+    return device;
+  }
+
   // A group whose golden state is what a fresh swtpm reads (all PCRs zero), a model, and a
   // licence for the group; returns the model id and licence id.
   struct Fixture {
@@ -152,8 +149,7 @@ class CustodianTest : public ::testing::Test {
 
 TEST_F(CustodianTest, EnrollAttestLeaseUnwrapReportExtendApproveRevoke) {
   Fixture f = Provision(/*budget=*/10);
-  auto device = NewDevice();
-  ASSERT_OK(device->Enroll(EnrollmentToken()));
+  auto device = EnrolledDevice();
   ASSERT_EQ(device->identity().device_id.rfind("dev_", 0), 0u);
 
   // Attestation: one lease for the licensed model, whose key only this TPM can unwrap.
@@ -236,8 +232,7 @@ TEST_F(CustodianTest, EnrollAttestLeaseUnwrapReportExtendApproveRevoke) {
 
 TEST_F(CustodianTest, AutomaticExtensionWithinTheLicencesAllowance) {
   Fixture f = Provision(5, {{"auto_approve_up_to", 100}, {"period_seconds", 86400}});
-  auto device = NewDevice();
-  ASSERT_OK(device->Enroll(EnrollmentToken()));
+  auto device = EnrolledDevice();
   MUST(device->Attest());
   nlohmann::json first = MUST(device->RequestExtension(f.licence_id, 60));
   EXPECT_EQ(first["status"], "approved");
@@ -248,8 +243,7 @@ TEST_F(CustodianTest, AutomaticExtensionWithinTheLicencesAllowance) {
 
 TEST_F(CustodianTest, PolicyUpdateAndNewLicenceReachWaitingDevices) {
   Fixture f = Provision(10);
-  auto device = NewDevice();
-  ASSERT_OK(device->Enroll(EnrollmentToken()));
+  auto device = EnrolledDevice();
   ASSERT_EQ(MUST(device->Attest()).size(), 1u);
   const uint64_t after = MUST(device->Poll(0, 0)).last_seq;
 
@@ -297,8 +291,7 @@ TEST_F(CustodianTest, PolicyUpdateAndNewLicenceReachWaitingDevices) {
 
 TEST_F(CustodianTest, ReplayedNonceIsRefused) {
   Provision(10);
-  auto device = NewDevice();
-  ASSERT_OK(device->Enroll(EnrollmentToken()));
+  auto device = EnrolledDevice();
   Bytes nonce = MUST(device->Nonce());
   protocol::AttestRequest req =
       MUST(agent::MakeAttestation(device->tpm(), device->identity(), nonce));
@@ -311,8 +304,7 @@ TEST_F(CustodianTest, ReplayedNonceIsRefused) {
 
 TEST_F(CustodianTest, ForgedNonceIsRefused) {
   Provision(10);
-  auto device = NewDevice();
-  ASSERT_OK(device->Enroll(EnrollmentToken()));
+  auto device = EnrolledDevice();
   Bytes nonce = MUST(crypto::RandomBytes(40));  // never issued
   protocol::AttestRequest req =
       MUST(agent::MakeAttestation(device->tpm(), device->identity(), nonce));
@@ -323,8 +315,7 @@ TEST_F(CustodianTest, ForgedNonceIsRefused) {
 
 TEST_F(CustodianTest, ExpiredNonceIsRefused) {
   Provision(10);
-  auto device = NewDevice();
-  ASSERT_OK(device->Enroll(EnrollmentToken()));
+  auto device = EnrolledDevice();
   Bytes nonce = MUST(device->Nonce());
   protocol::AttestRequest req =
       MUST(agent::MakeAttestation(device->tpm(), device->identity(), nonce));
@@ -336,10 +327,8 @@ TEST_F(CustodianTest, ExpiredNonceIsRefused) {
 
 TEST_F(CustodianTest, QuoteFromAnotherDeviceIsRefused) {
   Provision(10);
-  auto a = NewDevice();
-  auto b = NewDevice();
-  ASSERT_OK(a->Enroll(EnrollmentToken()));
-  ASSERT_OK(b->Enroll(EnrollmentToken()));
+  auto a = EnrolledDevice();
+  auto b = EnrolledDevice();
   Bytes nonce = MUST(a->Nonce());
   // B's TPM quotes over A's nonce; A sends it as its own.
   protocol::AttestRequest req = MUST(agent::MakeAttestation(b->tpm(), b->identity(), nonce));
@@ -350,8 +339,7 @@ TEST_F(CustodianTest, QuoteFromAnotherDeviceIsRefused) {
 
 TEST_F(CustodianTest, PlatformStateOutsideThePolicyGetsNoLease) {
   Provision(10);
-  auto device = NewDevice();
-  ASSERT_OK(device->Enroll(EnrollmentToken()));
+  auto device = EnrolledDevice();
   ASSERT_OK(device->tpm().ExtendPcr(4, AsBytes("an unapproved boot loader")));
   Result<std::vector<protocol::LeasePayload>> r = device->Attest();
   ASSERT_FALSE(r.has_value());
@@ -361,10 +349,8 @@ TEST_F(CustodianTest, PlatformStateOutsideThePolicyGetsNoLease) {
 
 TEST_F(CustodianTest, DeviceReportingWithAnotherDevicesCounterIsRefused) {
   Fixture f = Provision(10);
-  auto a = NewDevice();
-  auto b = NewDevice();
-  ASSERT_OK(a->Enroll(EnrollmentToken()));
-  ASSERT_OK(b->Enroll(EnrollmentToken()));
+  auto a = EnrolledDevice();
+  auto b = EnrolledDevice();
   Bytes nonce = MUST(a->Nonce());
   protocol::UsageRequest req =
       MUST(agent::MakeUsageReport(b->tpm(), b->identity(), nonce, "x", {{f.model_id, "kiosk", 1}}));
@@ -374,8 +360,7 @@ TEST_F(CustodianTest, DeviceReportingWithAnotherDevicesCounterIsRefused) {
 
 TEST_F(CustodianTest, CounterRollbackIsFlaggedAsTampering) {
   Fixture f = Provision(10);
-  auto device = NewDevice();
-  ASSERT_OK(device->Enroll(EnrollmentToken()));
+  auto device = EnrolledDevice();
   // The custodian has seen a higher certified value than the TPM now shows: what a restored disk
   // image of a device whose counter was replaced would look like.
   ASSERT_OK(app_->store().Transact([&](Transaction& tx) -> Status {
@@ -420,8 +405,7 @@ TEST_F(CustodianTest, ExpiredEnrollmentTokenIsRefused) {
 
 TEST_F(CustodianTest, DeviceCertificateFromAnotherCaIsRefused) {
   Provision(10);
-  auto device = NewDevice();
-  ASSERT_OK(device->Enroll(EnrollmentToken()));
+  auto device = EnrolledDevice();
   // A certificate with the same device id from another custodian's CA.
   const std::string other = dir_ + "/other";
   InitResult o = MUST(InitDataDir(other, "127.0.0.1:0", {}, {}));

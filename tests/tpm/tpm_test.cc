@@ -17,29 +17,13 @@
 #include "core/tpm/objects.h"
 #include "core/tpm/policy.h"
 #include "core/tpm/verifier.h"
+#include "tests/support/must.h"
 #include "tests/support/swtpm_fixture.h"
 
 namespace custody::tpm {
 namespace {
 
 using testing::Swtpm;
-
-#define ASSERT_OK(expr)                                     \
-  do {                                                      \
-    const ::custody::Status s_ = (expr);                    \
-    ASSERT_TRUE(s_.ok()) << #expr << ": " << s_.ToString(); \
-  } while (0)
-
-template <typename T>
-T Must(Result<T> r, const char* what) {
-  if (!r.has_value()) {
-    ADD_FAILURE() << what << ": " << r.error().ToString();
-    std::abort();
-  }
-  return std::move(r).value();
-}
-
-#define MUST(expr) Must((expr), #expr)
 
 void ExpectError(const Status& s, StatusCode code, const std::string& text) {
   EXPECT_EQ(s.code(), code) << s.ToString();
