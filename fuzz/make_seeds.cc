@@ -13,6 +13,8 @@
 //   OUT_DIR/envelope/*.json  a signed lease and a signed revocation;
 //   OUT_DIR/audit/*.jsonl    valid audit exports: a chain from seq 1, one entry, a tail;
 //   OUT_DIR/json/*.bin       documents of every JSON type, after the getters' limit byte;
+//   OUT_DIR/journal/*.bin    device metering journals: the header alone, blocks and served records
+//                            (names of every length limit), a torn tail, a zero-filled tail;
 //   OUT_DIR/admin/*.bin      a valid body of each admin request, and a query, after the mode byte;
 //   OUT_DIR/url/*.txt        request targets of the API;
 //   OUT_DIR/config/*.toml    the configuration `custodian init` writes, and one with every key.
@@ -27,6 +29,7 @@
 #include <utility>
 #include <vector>
 
+#include "agent/journal.h"
 #include "core/base/file.h"
 #include "core/format/sealed.h"
 #include "core/protocol/audit.h"
@@ -243,6 +246,43 @@ void JsonSeeds(const std::string& dir) {
   WriteMode(dir + "/limits.bin", 2, R"({"s":"abc","b64":"AAECAw==","u":18446744073709551615})");
 }
 
+void JournalSeeds(const std::string& dir) {
+  agent::JournalId id{};
+  for (size_t i = 0; i < id.size(); ++i) id[i] = static_cast<uint8_t>(0x10 + i);
+  Bytes file = agent::EncodeJournalHeader(1000, id);
+  Write(dir + "/empty.bin", file);
+  crypto::Sha256Digest chain =
+      agent::JournalHeaderHash(ByteSpan(file).first(agent::kJournalHeaderHashedBytes));
+  uint64_t seq = 0;
+  auto block = [&](uint64_t counter) {
+    agent::JournalRecord r;
+    r.seq = ++seq;
+    r.counter = counter;
+    agent::EncodeJournalRecord(r, chain, file);
+  };
+  auto served = [&](std::string model, std::string client, uint64_t count) {
+    agent::JournalRecord r;
+    r.seq = ++seq;
+    r.type = agent::JournalRecordType::kServed;
+    r.model_id = std::move(model);
+    r.client = std::move(client);
+    r.count = count;
+    agent::EncodeJournalRecord(r, chain, file);
+  };
+  block(1016);
+  served("000102030405060708090a0b0c0d0e0f", "kiosk", 3);
+  served("m", "c", 1);
+  served(std::string(agent::kJournalMaxModelIdBytes, 'm'),
+         std::string(agent::kJournalMaxClientBytes, 'c'), 12);
+  block(1032);
+  served("m", "caf\xc3\xa9", 16);
+  Write(dir + "/records.bin", file);
+  Write(dir + "/torn.bin", ByteSpan(file).first(file.size() - 5));
+  Bytes zeros = file;
+  zeros.resize(file.size() + 512, 0);
+  Write(dir + "/zero_tail.bin", zeros);
+}
+
 void AdminSeeds(const std::string& dir) {
   const char* const bodies[] = {
       R"({"model_id":"000102030405060708090a0b0c0d0e0f","name":"example","version":"1.0",)"
@@ -330,6 +370,8 @@ int main(int argc, char** argv) {
   SealedSeeds(out + "/sealed");
   mkdir((out + "/tpm").c_str(), 0755);
   TpmSeeds(out + "/tpm");
+  mkdir((out + "/journal").c_str(), 0755);
+  JournalSeeds(out + "/journal");
   const std::pair<const char*, void (*)(const std::string&)> text_seeds[] = {
       {"protocol", ProtocolSeeds}, {"envelope", EnvelopeSeeds}, {"audit", AuditSeeds},
       {"json", JsonSeeds},         {"admin", AdminSeeds},       {"url", UrlSeeds},

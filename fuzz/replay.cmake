@@ -22,6 +22,8 @@ custody_fuzz_replay(custody_protocol_message_replay protocol_message_fuzzer.cc p
 custody_fuzz_replay(custody_envelope_replay envelope_fuzzer.cc envelope)
 custody_fuzz_replay(custody_audit_replay audit_fuzzer.cc audit)
 custody_fuzz_replay(custody_json_replay json_fuzzer.cc json)
+custody_fuzz_replay(custody_journal_replay journal_fuzzer.cc journal)
+target_link_libraries(custody_journal_replay PRIVATE custody::agent_journal)
 custody_fuzz_replay(custody_admin_request_replay admin_request_fuzzer.cc admin)
 target_link_libraries(custody_admin_request_replay PRIVATE custody::custodian custody::http)
 custody_fuzz_replay(custody_url_replay url_fuzzer.cc url)
