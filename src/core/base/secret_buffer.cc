@@ -1,6 +1,7 @@
 #include "core/base/secret_buffer.h"
 
 #include <openssl/crypto.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -9,7 +10,9 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <utility>
+#include <vector>
 
 namespace custody {
 namespace {
@@ -111,6 +114,53 @@ int LockPages(void* p, size_t mapped) {
   return mlock(p, mapped);
 }
 
+// Keys are the common secret (a DEK, an ECDH result, a key schedule's output) and fit in one
+// page; a server wraps keys thousands of times a second, and mapping and unmapping a page each
+// time costs a TLB shootdown on every core. Wiped one-page regions that got full protection are
+// therefore kept, still locked and excluded from core dumps, on a small free list and handed out
+// again. Only wiped pages are kept, so the pool holds no secret. The pages are MADV_DONTFORK, so a
+// forked child starts with an empty pool.
+class OnePageRegions {
+ public:
+  static OnePageRegions& Get() {
+    static OnePageRegions* pool = [] {
+      auto* p = new OnePageRegions();  // never destroyed: used until exit
+      pthread_atfork([] { Get().mu_.lock(); }, [] { Get().mu_.unlock(); },
+                     [] {
+                       Get().free_.clear();  // not mapped in the child
+                       Get().mu_.unlock();
+                     });
+      return p;
+    }();
+    return *pool;
+  }
+
+  bool Take(ProtectedRegion& out) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (free_.empty()) return false;
+    out = std::move(free_.back());
+    free_.pop_back();
+    return true;
+  }
+
+  // Keeps `region` (already wiped) if it qualifies and there is room; false if the caller must
+  // unmap it.
+  bool Keep(ProtectedRegion& region) {
+    if (region.mapped != PageSize() || !region.protection.full() || region.protection.secretmem) {
+      return false;
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (free_.size() >= kMaxKept) return false;
+    free_.push_back(std::move(region));
+    return true;
+  }
+
+ private:
+  static constexpr size_t kMaxKept = 64;  // 256 KiB of locked memory at most
+  std::mutex mu_;
+  std::vector<ProtectedRegion> free_;
+};
+
 }  // namespace
 
 std::string MemoryProtection::ToString() const {
@@ -147,6 +197,7 @@ Result<ProtectedRegion> MapProtected(size_t size, SecretBacking backing) {
     AppendDetail(region.protection.detail, why + "; fell back to mlock");
   }
 
+  if (mapped == PageSize() && OnePageRegions::Get().Take(region)) return region;
   void* p = MapAnonymous(mapped);
   if (p == nullptr) {
     return ErrnoStatus(errno, "mmap of " + std::to_string(mapped) + " bytes for a secret buffer");
@@ -174,6 +225,10 @@ Result<ProtectedRegion> MapProtected(size_t size, SecretBacking backing) {
 void UnmapProtected(ProtectedRegion& region) {
   if (region.data == nullptr) return;
   OPENSSL_cleanse(region.data, region.mapped);
+  if (OnePageRegions::Get().Keep(region)) {
+    region = ProtectedRegion{};
+    return;
+  }
   if (region.protection.locked && !region.protection.secretmem) munlock(region.data, region.mapped);
   munmap(region.data, region.mapped);
   region.data = nullptr;

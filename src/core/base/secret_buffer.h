@@ -101,7 +101,8 @@ struct ProtectedRegion {
   MemoryProtection protection;
 };
 Result<ProtectedRegion> MapProtected(size_t size, SecretBacking backing);
-// Wipes `region.mapped` bytes, unlocks and unmaps. Safe on an empty region.
+// Wipes `region.mapped` bytes, then unlocks and unmaps them, or keeps a wiped, still protected
+// one-page region for the next MapProtected of one page. Safe on an empty region.
 void UnmapProtected(ProtectedRegion& region);
 
 }  // namespace custody

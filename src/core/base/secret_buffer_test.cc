@@ -18,6 +18,33 @@ TEST(SecretBuffer, AllocatesZeroedAndReportsProtection) {
   EXPECT_TRUE(buf->protection().dontdump);
 }
 
+TEST(SecretBuffer, ReusedPagesComeBackWipedAndProtected) {
+  const uint8_t* first = nullptr;
+  {
+    auto key = SecretBuffer::Allocate(32).value();
+    std::memset(key.data(), 0xA5, key.size());
+    first = key.data();
+  }
+  // A one-page region may be handed out again; it must hold none of the old bytes.
+  {
+    auto again = SecretBuffer::Allocate(4000).value();
+    if (again.data() == first) {
+      for (uint8_t b : again.span()) ASSERT_EQ(b, 0);
+    }
+    EXPECT_TRUE(again.protection().full()) << again.protection().ToString();
+  }
+  // A kept page is waiting now. A child made by fork() must not be handed it: the page is not
+  // mapped there (MADV_DONTFORK).
+  EXPECT_EXIT(
+      {
+        auto child = SecretBuffer::Allocate(32);
+        if (!child.has_value()) _exit(1);
+        child->data()[0] = 1;  // would fault on a page that is not mapped here
+        _exit(child->protection().full() ? 0 : 2);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
 TEST(SecretBuffer, ResizeKeepsContentsAndWipesTheTail) {
   auto buf = SecretBuffer::CopyFrom(AsBytes("secret-bytes")).value();
   ASSERT_TRUE(buf.Resize(100000).ok());
