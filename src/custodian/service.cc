@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
+#include <thread>
 
 #include "core/format/sealed.h"
 #include "core/protocol/envelope.h"
@@ -565,10 +567,11 @@ Result<LeaseRecord> CustodianService::BuildLease(
   p.model_id = model.model_id;
   p.model_name = model.name;
   p.model_version = model.version;
-  CUSTODY_ASSIGN_OR_RETURN(
-      p.wrapped_dek,
-      tpm::WrapToBindingKey(device.binding_public, binding_auth_policy_, dek->span(),
-                            protocol::LeaseDekContext(device.device_id, model.model_id)));
+  CUSTODY_ASSIGN_OR_RETURN(std::shared_ptr<const crypto::P256PublicKey> binding_key,
+                           BindingKey(device));
+  CUSTODY_ASSIGN_OR_RETURN(p.wrapped_dek, crypto::EciesWrap(*binding_key, dek->span(),
+                                                            protocol::LeaseDekContext(
+                                                                device.device_id, model.model_id)));
   p.approvals = approvals;
   CUSTODY_ASSIGN_OR_RETURN(uint64_t remaining, Remaining(device, licence));
   p.counter_limit = device.last_counter.value_or(0) + remaining;
@@ -598,20 +601,22 @@ Result<LeaseRecord> CustodianService::BuildLease(
 
 Result<std::shared_ptr<const SecretBuffer>> CustodianService::ModelKey(
     const ModelRecord& model) const {
-  {
-    std::lock_guard<std::mutex> lock(dek_cache_mu_);
-    auto it = dek_cache_.find(model.model_id);
-    if (it != dek_cache_.end() && it->second.sealed == model.dek_sealed) return it->second.key;
-  }
-  // Opened outside the lock; two threads opening the same key at once both succeed.
+  if (auto key = model_keys_.Find(model.model_id, model.dek_sealed)) return key;
+  // Opened outside the cache's lock; two threads opening the same key at once both succeed.
   CUSTODY_ASSIGN_OR_RETURN(SecretBuffer dek,
                            keys_.dek_sealer->Open(model.dek_sealed, model.model_id));
   auto key = std::make_shared<const SecretBuffer>(std::move(dek));
-  std::lock_guard<std::mutex> lock(dek_cache_mu_);
-  // Bounded: a custodian serves tens of models; beyond this, start over rather than grow.
-  constexpr size_t kMaxOpenedModelKeys = 1024;
-  if (dek_cache_.size() >= kMaxOpenedModelKeys) dek_cache_.clear();
-  dek_cache_[model.model_id] = OpenedModelKey{model.dek_sealed, key};
+  model_keys_.Put(model.model_id, model.dek_sealed, key);
+  return key;
+}
+
+Result<std::shared_ptr<const crypto::P256PublicKey>> CustodianService::BindingKey(
+    const DeviceRecord& device) const {
+  if (auto key = binding_keys_.Find(device.device_id, device.binding_public)) return key;
+  CUSTODY_ASSIGN_OR_RETURN(crypto::P256PublicKey parsed,
+                           tpm::CheckedBindingKey(device.binding_public, binding_auth_policy_));
+  auto key = std::make_shared<const crypto::P256PublicKey>(std::move(parsed));
+  binding_keys_.Put(device.device_id, device.binding_public, key);
   return key;
 }
 
@@ -945,6 +950,17 @@ Result<nlohmann::json> CustodianService::RequestExtension(
   if (!LicenceActive(licence, clock_())) {
     return FailedPrecondition("licence " + request.licence_id + " is revoked or expired");
   }
+  // One request decided at a time: the allowance check below and the grant it leads to must not
+  // interleave with another device's, or two requests could each fit the allowance and together
+  // exceed it. (One custodian process owns its store; see OPERATIONS.md.)
+  std::lock_guard<std::mutex> decide(extension_mu_);
+  // A device that asks again while its earlier request for the licence still waits (its answer
+  // was lost, or it restarted) gets that request back rather than a second one in the queue.
+  CUSTODY_ASSIGN_OR_RETURN(std::vector<ExtensionRequest> pending,
+                           store_.ListExtensions(ExtensionStatus::kPending));
+  for (const ExtensionRequest& p : pending) {
+    if (p.device_id == device_id && p.licence_id == licence.licence_id) return ExtensionJson(p);
+  }
   ExtensionRequest e;
   e.request_id = RandomId("ext_", 8);
   e.device_id = device_id;
@@ -1134,28 +1150,71 @@ Result<nlohmann::json> CustodianService::DenyExtension(const Actor& actor,
 
 // ----- the stop switch -------------------------------------------------------------------------
 
+Result<std::vector<std::string>> CustodianService::SignRevocations(
+    const std::vector<DeviceRecord>& devices, const std::string& scope, const std::string& id,
+    const std::string& reason) const {
+  std::vector<Result<std::string>> docs(devices.size(), std::string());
+  auto sign_range = [&](size_t begin, size_t end) {
+    for (size_t i = begin; i < end; ++i) {
+      DeviceRecord next = devices[i];
+      ++next.revocation_epoch;  // the epoch the transaction will give it
+      Result<nlohmann::json> doc = RevocationDocument(next, scope, id, reason);
+      docs[i] = doc ? Result<std::string>(doc->dump()) : Result<std::string>(doc.error());
+    }
+  };
+  // A handful of devices is signed here; a fleet is split over the cores (each signature is an
+  // Ed25519 signing, about a third of a revocation's time per device).
+  constexpr size_t kPerThread = 256;
+  const size_t threads = std::clamp<size_t>(devices.size() / kPerThread, 1,
+                                            std::max(1u, std::thread::hardware_concurrency()));
+  std::vector<std::thread> workers;
+  const size_t chunk = (devices.size() + threads - 1) / threads;
+  for (size_t t = 1; t < threads; ++t) {
+    workers.emplace_back(sign_range, std::min(devices.size(), t * chunk),
+                         std::min(devices.size(), (t + 1) * chunk));
+  }
+  sign_range(0, std::min(devices.size(), chunk));
+  for (std::thread& w : workers) w.join();
+  std::vector<std::string> out;
+  out.reserve(docs.size());
+  for (Result<std::string>& d : docs) {
+    if (!d) return d.error();
+    out.push_back(std::move(*d));
+  }
+  return out;
+}
+
 Result<nlohmann::json> CustodianService::Revoke(const Actor& actor, const std::string& scope,
                                                 const std::string& id, const std::string& reason) {
-  std::vector<std::string> affected;
+  std::vector<DeviceRecord> affected;
   if (scope == "device") {
-    CUSTODY_RETURN_IF_ERROR(store_.GetDevice(id).status());
-    affected.push_back(id);
-  } else if (scope == "licence") {
-    CUSTODY_ASSIGN_OR_RETURN(LicenceRecord licence, store_.GetLicence(id));
-    CUSTODY_ASSIGN_OR_RETURN(std::vector<DeviceRecord> devices, store_.ListDevices());
-    for (const DeviceRecord& d : devices) {
-      if (d.device_id == licence.device_id ||
-          (!licence.group.empty() && d.group == licence.group)) {
-        affected.push_back(d.device_id);
-      }
+    CUSTODY_ASSIGN_OR_RETURN(DeviceRecord device, store_.GetDevice(id));
+    affected.push_back(std::move(device));
+  } else if (scope == "licence" || scope == "model") {
+    std::set<std::string> with_model;
+    LicenceRecord licence;
+    if (scope == "licence") {
+      CUSTODY_ASSIGN_OR_RETURN(licence, store_.GetLicence(id));
+    } else {
+      CUSTODY_RETURN_IF_ERROR(store_.GetModel(id).status());
+      CUSTODY_ASSIGN_OR_RETURN(std::vector<std::string> ids, store_.DevicesWithModel(id));
+      with_model.insert(ids.begin(), ids.end());
     }
-  } else if (scope == "model") {
-    CUSTODY_RETURN_IF_ERROR(store_.GetModel(id).status());
-    CUSTODY_ASSIGN_OR_RETURN(affected, store_.DevicesWithModel(id));
+    CUSTODY_ASSIGN_OR_RETURN(std::vector<DeviceRecord> devices, store_.ListDevices());
+    for (DeviceRecord& d : devices) {
+      const bool hit = scope == "model" ? with_model.count(d.device_id) > 0
+                                        : d.device_id == licence.device_id ||
+                                              (!licence.group.empty() && d.group == licence.group);
+      if (hit) affected.push_back(std::move(d));
+    }
   } else {
     return InvalidArgument("scope must be device, licence or model, got '" + scope + "'");
   }
   if (reason.empty()) return InvalidArgument("a revocation needs a reason (it is audited)");
+  // Signed before the transaction, which then only writes: the store commits one change at a
+  // time, and a fleet's worth of signatures would hold every other change up.
+  CUSTODY_ASSIGN_OR_RETURN(std::vector<std::string> docs,
+                           SignRevocations(affected, scope, id, reason));
   const TimePoint now = clock_();
   CUSTODY_RETURN_IF_ERROR(store_.Transact([&](Transaction& tx) -> Status {
     if (scope == "licence") {
@@ -1166,22 +1225,29 @@ Result<nlohmann::json> CustodianService::Revoke(const Actor& actor, const std::s
     } else if (scope == "model") {
       CUSTODY_RETURN_IF_ERROR(tx.RetireModel(id, now));
     }
-    for (const std::string& device_id : affected) {
-      CUSTODY_ASSIGN_OR_RETURN(DeviceRecord d, tx.GetDevice(device_id));
+    for (size_t i = 0; i < affected.size(); ++i) {
+      CUSTODY_ASSIGN_OR_RETURN(DeviceRecord d, tx.GetDevice(affected[i].device_id));
       ++d.revocation_epoch;
       if (scope == "device") {
         d.revoked = now;
         d.revoked_reason = reason;
       }
       CUSTODY_RETURN_IF_ERROR(tx.PutDevice(d));
-      CUSTODY_ASSIGN_OR_RETURN(nlohmann::json doc, RevocationDocument(d, scope, id, reason));
-      CUSTODY_RETURN_IF_ERROR(tx.AddEvent({0, device_id, "revocation", doc.dump(), now}).status());
+      if (d.revocation_epoch != affected[i].revocation_epoch + 1) {
+        // Another revocation of this device committed since the documents were signed.
+        CUSTODY_ASSIGN_OR_RETURN(nlohmann::json doc, RevocationDocument(d, scope, id, reason));
+        docs[i] = doc.dump();
+      }
+      CUSTODY_RETURN_IF_ERROR(tx.AddEvent({0, d.device_id, "revocation", docs[i], now}).status());
     }
     return tx.Audit(actor.AuditName(), scope + ".revoke", id,
                     {{"reason", reason}, {"devices", affected.size()}});
   }));
-  Notify(affected);
-  return nlohmann::json{{"scope", scope}, {"id", id}, {"devices_notified", affected.size()}};
+  std::vector<std::string> notified;
+  notified.reserve(affected.size());
+  for (const DeviceRecord& d : affected) notified.push_back(d.device_id);
+  Notify(notified);
+  return nlohmann::json{{"scope", scope}, {"id", id}, {"devices_notified", notified.size()}};
 }
 
 Status CustodianService::RetireModel(const Actor& actor, const std::string& model_id,

@@ -24,7 +24,9 @@
 #include <vector>
 
 #include "core/base/status.h"
+#include "core/crypto/crypto.h"
 #include "core/protocol/messages.h"
+#include "custodian/derived_cache.h"
 #include "custodian/keys.h"
 #include "custodian/store/store.h"
 
@@ -153,6 +155,11 @@ class CustodianService {
   // caller stores device, lease and audit entry in its transaction.
   Result<LeaseRecord> BuildLease(DeviceRecord& device, const LicenceRecord& licence,
                                  const std::vector<tpm::ApprovedPolicy>& approvals) const;
+  // The revocation documents `devices` will receive, each for the epoch after its current one,
+  // signed in parallel for a large fleet.
+  Result<std::vector<std::string>> SignRevocations(const std::vector<DeviceRecord>& devices,
+                                                   const std::string& scope, const std::string& id,
+                                                   const std::string& reason) const;
   Result<nlohmann::json> RevocationDocument(const DeviceRecord& device, const std::string& scope,
                                             const std::string& subject,
                                             const std::string& reason) const;
@@ -167,7 +174,7 @@ class CustodianService {
   Status PushLeases(const Actor& actor, const std::vector<DeviceRecord>& devices,
                     const std::string& only_licence, const std::string& reason);
   std::string Now() const;
-  // The model's key, opened from its sealed form once and kept for later leases (see dek_cache_).
+  // The model's key, opened from its sealed form once and kept for later leases (see model_keys_).
   Result<std::shared_ptr<const SecretBuffer>> ModelKey(const ModelRecord& model) const;
 
   Store& store_;
@@ -177,17 +184,20 @@ class CustodianService {
   SecretBuffer nonce_key_;
   // The authPolicy every binding key must carry (fixed by the policy key): computed once.
   crypto::Sha256Digest binding_auth_policy_{};
-  // Opened model keys by model id, with the sealed bytes each came from (a model re-registered
-  // with another key is opened again). Every lease wraps its model's key to one device; opening
-  // it each time cost an AES-GCM decryption and a locked mapping (mmap, mlock, munmap with its
-  // TLB shootdown) per lease. The keys stay in SecretBuffers (locked, not dumped, wiped when the
-  // service ends); the master key that opens them is in this process for its whole life anyway.
-  struct OpenedModelKey {
-    Bytes sealed;
-    std::shared_ptr<const SecretBuffer> key;
-  };
-  mutable std::mutex dek_cache_mu_;
-  mutable std::unordered_map<std::string, OpenedModelKey> dek_cache_;
+  // Opened model keys by model id, keyed also by the sealed bytes each came from. Every lease
+  // wraps its model's key to one device; opening it each time cost an AES-GCM decryption and a
+  // locked mapping per lease. The keys stay in SecretBuffers (locked, not dumped, wiped when the
+  // last user drops them); the master key that opens them is in this process for its whole life
+  // anyway. A custodian serves tens of models.
+  mutable DerivedCache<SecretBuffer> model_keys_{1024};
+  // Serialises budget extension requests (see RequestExtension).
+  std::mutex extension_mu_;
+  // Devices' binding keys, checked (attributes, authPolicy) and parsed once per enrollment: every
+  // lease wraps a key to one, and parsing a TPM public area into an OpenSSL key costs about as
+  // much as the wrap itself.
+  mutable DerivedCache<crypto::P256PublicKey> binding_keys_{100000};
+  // The binding key of `device`, checked and parsed (see binding_keys_).
+  Result<std::shared_ptr<const crypto::P256PublicKey>> BindingKey(const DeviceRecord& device) const;
   std::function<void(const std::string&)> on_event_;
 };
 

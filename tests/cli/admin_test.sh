@@ -180,16 +180,22 @@ expect_out "$LIC_B" "and the second one"
 # ----- a device, its usage and its extension requests --------------------------------------------------
 DEVICE_ID=
 if [ -n "$DEVICE_TOOL" ]; then
-  if "$DEVICE_TOOL" --port "$PORT" --ca "$CA" --enrollment-token-file enroll.token --model "$MODEL_A" \
-      --use 3 --licence "$LIC_A" --extend 5 --extend 7 >"$WORK/out" 2>"$WORK/err"; then
-    ok "a swtpm device enrolls, attests, reports usage and asks for two extensions"
+  device() { "$DEVICE_TOOL" --port "$PORT" --ca "$CA" --model "$MODEL_A" --licence "$LIC_A" "$@"; }
+  if device --enrollment-token-file enroll.token --use 3 --extend 5 --extend 7 >"$WORK/out" 2>"$WORK/err"; then
+    ok "a swtpm device enrolls, attests, reports usage and asks for an extension twice"
     DEVICE_ID=$(json_field "['device_id']")
-    check_json "it got a lease and both requests wait for an operator" \
-      "j['leases']==['$MODEL_A'] and [e['status'] for e in j['extensions']]==['pending','pending']"
+    check_json "it got a lease; asking again returns the waiting request" \
+      "j['leases']==['$MODEL_A'] and [e['status'] for e in j['extensions']]==['pending','pending'] and j['extensions'][0]['request_id']==j['extensions'][1]['request_id'] and j['extensions'][1]['requested']==5"
     EXT_1=$(json_field "['extensions'][0]['request_id']")
-    EXT_2=$(json_field "['extensions'][1]['request_id']")
   else
     bad "the test device failed: $(cat "$WORK/err")"
+  fi
+  admin enrollment-tokens create --group kiosks --out enroll2.token >/dev/null
+  if device --enrollment-token-file enroll2.token --extend 7 >"$WORK/out" 2>"$WORK/err"; then
+    ok "a second device asks for an extension"
+    EXT_2=$(json_field "['extensions'][0]['request_id']")
+  else
+    bad "the second test device failed: $(cat "$WORK/err")"
   fi
 else
   echo "# no test device given: extension decisions are checked against unknown ids only"
@@ -197,7 +203,7 @@ fi
 
 expect 0 "devices list" -- admin devices list
 if [ -n "$DEVICE_ID" ]; then
-  expect_out "$DEVICE_ID *kiosks" "devices list shows the enrolled device"
+  expect_out "$DEVICE_ID *kiosks" "devices list shows the enrolled devices"
   expect 0 "devices show" -- admin devices show "$DEVICE_ID"
   expect_out "$LIC_A *$MODEL_A *group kiosks *10 *7 " "the remaining budget is 10 - 3"
   expect_out "$MODEL_A *kiosk *3" "the reported usage is shown"

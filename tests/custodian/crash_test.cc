@@ -575,9 +575,15 @@ class CustodianCrashTest : public ::testing::Test {
         return Fail("POST /v1/extensions: " + std::to_string(r->status) + " " + r->body);
       }
       {
+        // Asking while an earlier request still waits returns that one, with what it asked for.
+        const std::pair<std::string, uint64_t> filed{device.identity().device_id,
+                                                     answer.value("requested", uint64_t{0})};
         std::lock_guard<std::mutex> lock(ledger_.mu);
-        ledger_.requests[answer["request_id"].get<std::string>()] = {device.identity().device_id,
-                                                                     requested};
+        auto [it, fresh] =
+            ledger_.requests.try_emplace(answer["request_id"].get<std::string>(), filed);
+        if (!fresh && it->second != filed) {
+          return Fail("a repeated extension request changed the waiting one: " + r->body);
+        }
       }
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait_for(lock, kExtensionPace, [&] { return abort_ || devices_stopping_; });

@@ -173,6 +173,9 @@ TEST_F(CustodianTest, EnrollAttestLeaseUnwrapReportExtendApproveRevoke) {
   // Budget running low: a (manual) extension request waits for an operator...
   nlohmann::json ext = MUST(device->RequestExtension(f.licence_id, 20));
   EXPECT_EQ(ext["status"], "pending");
+  // Asking again while it waits (a lost answer, a restart) returns that request, not a second.
+  nlohmann::json again = MUST(device->RequestExtension(f.licence_id, 20));
+  EXPECT_EQ(again["request_id"], ext["request_id"]);
   nlohmann::json pending = AdminOk("GET", "/v1/admin/extensions?status=pending");
   ASSERT_EQ(pending.size(), 1u);
   // ...who approves it; the raised lease is on the device's event stream at once.
@@ -239,6 +242,27 @@ TEST_F(CustodianTest, AutomaticExtensionWithinTheLicencesAllowance) {
   EXPECT_EQ(first["decided_by"], "policy");
   nlohmann::json second = MUST(device->RequestExtension(f.licence_id, 60));  // over 100 a day
   EXPECT_EQ(second["status"], "pending");
+}
+
+TEST_F(CustodianTest, ConcurrentRequestsNeverExceedTheAutomaticAllowance) {
+  Fixture f = Provision(5, {{"auto_approve_up_to", 100}, {"period_seconds", 86400}});
+  std::vector<std::unique_ptr<TestDevice>> devices;
+  for (int i = 0; i < 4; ++i) {
+    devices.push_back(EnrolledDevice());
+    MUST(devices.back()->Attest());
+  }
+  // Four devices of the group ask for 40 each at the same moment: two fit in 100, two wait.
+  std::vector<std::string> status(devices.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < devices.size(); ++i) {
+    threads.emplace_back([&, i] {
+      Result<nlohmann::json> r = devices[i]->RequestExtension(f.licence_id, 40);
+      status[i] = r ? (*r)["status"].get<std::string>() : r.error().ToString();
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(std::count(status.begin(), status.end(), "approved"), 2);
+  EXPECT_EQ(std::count(status.begin(), status.end(), "pending"), 2);
 }
 
 TEST_F(CustodianTest, PolicyUpdateAndNewLicenceReachWaitingDevices) {

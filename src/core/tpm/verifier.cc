@@ -362,10 +362,16 @@ Result<uint64_t> VerifyNvCertify(const Attestation& certify, const NvCertifyExpe
 Result<Bytes> WrapToBindingKey(ByteSpan binding_public, const crypto::Sha256Digest& expected_policy,
                                ByteSpan secret, ByteSpan context) {
   if (secret.empty()) return InvalidArgument("nothing to wrap: the secret is empty");
+  CUSTODY_ASSIGN_OR_RETURN(crypto::P256PublicKey key,
+                           CheckedBindingKey(binding_public, expected_policy));
+  return crypto::EciesWrap(key, secret, context);
+}
+
+Result<crypto::P256PublicKey> CheckedBindingKey(ByteSpan binding_public,
+                                                const crypto::Sha256Digest& expected_policy) {
   CUSTODY_RETURN_IF_ERROR(CheckBindingKeyPublic(binding_public, expected_policy));
   CUSTODY_ASSIGN_OR_RETURN(TPMT_PUBLIC pub, ParsePublic(binding_public, "binding key"));
-  CUSTODY_ASSIGN_OR_RETURN(crypto::P256PublicKey key, EccPublicKey(pub));
-  return crypto::EciesWrap(key, secret, context);
+  return EccPublicKey(pub);
 }
 
 }  // namespace custody::tpm

@@ -94,4 +94,9 @@ Result<uint64_t> VerifyNvCertify(const Attestation& certify, const NvCertifyExpe
 Result<Bytes> WrapToBindingKey(ByteSpan binding_public, const crypto::Sha256Digest& expected_policy,
                                ByteSpan secret, ByteSpan context);
 
+// The binding key (TPM2B_PUBLIC) checked with CheckBindingKeyPublic and parsed, for a caller that
+// wraps many secrets to the same key (crypto::EciesWrap): WrapToBindingKey in two steps.
+Result<crypto::P256PublicKey> CheckedBindingKey(ByteSpan binding_public,
+                                                const crypto::Sha256Digest& expected_policy);
+
 }  // namespace custody::tpm
