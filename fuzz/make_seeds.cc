@@ -15,6 +15,9 @@
 //   OUT_DIR/json/*.bin       documents of every JSON type, after the getters' limit byte;
 //   OUT_DIR/journal/*.bin    device metering journals: the header alone, blocks and served records
 //                            (names of every length limit), a torn tail, a zero-filled tail;
+//   OUT_DIR/kserve/*.txt     infer requests: the Inference-Header-Content-Length value ("-":
+//                            none), a newline, the body; JSON data flat and nested for every
+//                            datatype, binary data, requested outputs, and limit cases;
 //   OUT_DIR/admin/*.bin      a valid body of each admin request, and a query, after the mode byte;
 //   OUT_DIR/url/*.txt        request targets of the API;
 //   OUT_DIR/config/*.toml    the configuration `custodian init` writes, and one with every key.
@@ -30,6 +33,7 @@
 #include <vector>
 
 #include "agent/journal.h"
+#include "agent/kserve.h"
 #include "core/base/file.h"
 #include "core/format/sealed.h"
 #include "core/protocol/audit.h"
@@ -283,6 +287,49 @@ void JournalSeeds(const std::string& dir) {
   Write(dir + "/zero_tail.bin", zeros);
 }
 
+void KserveSeeds(const std::string& dir) {
+  auto put = [&](const std::string& name, std::string_view header, std::string_view body) {
+    WriteText(dir + "/" + name + ".txt", std::string(header) + "\n" + std::string(body));
+  };
+  put("every_datatype", "-",
+      R"({"id":"r1","parameters":{"binary_data_output":true},"inputs":[)"
+      R"({"name":"b","shape":[2],"datatype":"BOOL","data":[true,false]},)"
+      R"({"name":"u8","shape":[3],"datatype":"UINT8","data":[0,128,255]},)"
+      R"({"name":"i8","shape":[2],"datatype":"INT8","data":[-128,127]},)"
+      R"({"name":"i32","shape":[1],"datatype":"INT32","data":[-2147483648]},)"
+      R"({"name":"i64","shape":[],"datatype":"INT64","data":[9223372036854775807]},)"
+      R"({"name":"f16","shape":[2],"datatype":"FP16","data":[0.1,65504]},)"
+      R"({"name":"f32","shape":[2],"datatype":"FP32","data":[-0.0,3.4028235e38]},)"
+      R"({"name":"f64","shape":[1],"datatype":"FP64","data":[5e-324]}],)"
+      R"("outputs":[{"name":"b","parameters":{"binary_data":false}},{"name":"f32"}]})");
+  put("nested", "-",
+      R"({"inputs":[{"name":"x","shape":[2,2,2],"datatype":"FP32",)"
+      R"("data":[[[1,2],[3,4]],[[5,6],[7,8]]]},)"
+      R"({"name":"e","shape":[2,0],"datatype":"INT64","data":[[],[]]}]})");
+  put("limits", "-",
+      R"({"inputs":[{"name":"x","shape":[4097],"datatype":"UINT8","data":[1]},)"
+      R"({"name":"y","shape":[1,1,1,1,1,1,1,1,1],"datatype":"UINT8","data":[1]}]})");
+  agent::kserve::InferRequest request;
+  request.id = "bin";
+  engine::Tensor t;
+  t.name = "img";
+  t.dtype = engine::DType::kFloat32;
+  t.shape = {1, 2, 2};
+  t.data = fuzz::Pattern(16, 0x3f);
+  request.inputs.push_back(t);
+  t.name = "mask";
+  t.dtype = engine::DType::kBool;
+  t.shape = {3};
+  t.data = {1, 0, 1};
+  request.inputs.push_back(t);
+  request.outputs = {{"img", true}};
+  auto binary = agent::kserve::EncodeInferRequest(request, /*binary_inputs=*/true);
+  if (!binary) Die("kserve seed: " + binary.error().ToString());
+  put("binary", std::to_string(*binary->json_bytes), binary->body);
+  put("binary_truncated", std::to_string(*binary->json_bytes),
+      std::string_view(binary->body).substr(0, binary->body.size() - 3));
+}
+
 void AdminSeeds(const std::string& dir) {
   const char* const bodies[] = {
       R"({"model_id":"000102030405060708090a0b0c0d0e0f","name":"example","version":"1.0",)"
@@ -375,7 +422,7 @@ int main(int argc, char** argv) {
   const std::pair<const char*, void (*)(const std::string&)> text_seeds[] = {
       {"protocol", ProtocolSeeds}, {"envelope", EnvelopeSeeds}, {"audit", AuditSeeds},
       {"json", JsonSeeds},         {"admin", AdminSeeds},       {"url", UrlSeeds},
-      {"config", ConfigSeeds},
+      {"config", ConfigSeeds},     {"kserve", KserveSeeds},
   };
   for (const auto& [name, make] : text_seeds) {
     mkdir((out + "/" + name).c_str(), 0755);

@@ -47,6 +47,7 @@ targets=(
   "custody_audit_fuzzer:audit:audit.dict"
   "custody_json_fuzzer:json:json.dict"
   "custody_journal_fuzzer:journal:journal.dict"
+  "custody_kserve_fuzzer:kserve:kserve.dict"
   "custody_admin_request_fuzzer:admin:admin.dict"
   "custody_url_fuzzer:url:url.dict"
   "custody_config_fuzzer:config:config.dict"
