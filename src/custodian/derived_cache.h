@@ -5,6 +5,7 @@
 // `max_entries` it starts over rather than grows. Thread-safe.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <memory>
 #include <mutex>
