@@ -480,63 +480,77 @@ Status Journal::AppendBlock(uint64_t counter) {
   JournalRecord r;
   r.type = JournalRecordType::kBlock;
   r.counter = counter;
-  return Append(std::move(r));
+  return Append(std::move(r), Durability::kSynced);
 }
 
-Status Journal::AppendServed(std::string_view model_id, std::string_view client, uint64_t count) {
+Status Journal::AppendServed(std::string_view model_id, std::string_view client, uint64_t count,
+                             Durability durability) {
   JournalRecord r;
   r.type = JournalRecordType::kServed;
   r.model_id = model_id;
   r.client = client;
   r.count = count;
-  return Append(std::move(r));
+  return Append(std::move(r), durability);
 }
 
-Status Journal::Append(JournalRecord record) {
+Status Journal::Sync() {
+  std::unique_lock lock(mu_);
+  return SyncLocked(lock, tail_.last_seq);
+}
+
+Status Journal::Append(JournalRecord record, Durability durability) {
   std::unique_lock lock(mu_);
   if (!failed_.ok()) return failed_;
   record.seq = tail_.last_seq + 1;
   CUSTODY_RETURN_IF_ERROR(CheckRecord(tail_, record).WithContext(path_));
-  const size_t start = pending_bytes_.size();
+  // Written under the lock, so records reach the file in sequence order; a write of one record
+  // is a copy into the page cache, which outlives the process. Only fdatasync is slow, and it
+  // runs without the lock (SyncLocked).
+  Bytes bytes;
   crypto::Sha256Digest hash = tail_.chain;
-  EncodeJournalRecord(record, hash, pending_bytes_);
-  const size_t bytes = pending_bytes_.size() - start;
-  ApplyRecord(tail_, record, hash, bytes);
-  const uint64_t seq = record.seq;
-  pending_.push_back({std::move(record), hash, bytes});
-  // Group commit: whoever finds no write in progress writes everything queued so far.
+  EncodeJournalRecord(record, hash, bytes);
+  const Status written = WriteAll(bytes);
+  if (!written.ok()) {
+    // The file may now end in part of a record: only a fresh Open can say what it holds.
+    failed_ = Status(written.code(), written.message() +
+                                         "; the journal refuses appends until it is opened again "
+                                         "(Open cuts a partial record)");
+    return failed_;
+  }
+  ApplyRecord(tail_, record, hash, bytes.size());
+  if (durability == Durability::kWritten) return OkStatus();
+  return SyncLocked(lock, record.seq);
+}
+
+Status Journal::SyncLocked(std::unique_lock<std::mutex>& lock, uint64_t seq) {
+  // Group commit: whoever finds no sync in progress syncs everything written so far; callers
+  // that arrive meanwhile wait for it, then sync again only if their record came after it.
   while (durable_.last_seq < seq) {
     if (!failed_.ok()) return failed_;
-    if (flushing_) {
-      flushed_.wait(lock);
-    } else {
-      Flush(lock);
+    if (syncing_) {
+      synced_.wait(lock);
+      continue;
     }
+    syncing_ = true;
+    JournalState covered = tail_;
+    lock.unlock();
+    const int rc = fdatasync(fd_);
+    const int err = errno;
+    lock.lock();
+    syncing_ = false;
+    if (rc != 0) {
+      // After a failed fdatasync the kernel may have dropped pages it reported written.
+      failed_ = ErrnoStatus(err, "fdatasync " + path_)
+                    .WithContext("the journal refuses appends until it is opened again");
+    } else if (covered.last_seq > durable_.last_seq) {
+      durable_ = std::move(covered);
+    }
+    synced_.notify_all();
   }
   return OkStatus();
 }
 
-void Journal::Flush(std::unique_lock<std::mutex>& lock) {
-  flushing_ = true;
-  const Bytes bytes = std::exchange(pending_bytes_, {});
-  const std::vector<Queued> batch = std::exchange(pending_, {});
-  lock.unlock();
-  const Status written = WriteAndSync(bytes);
-  lock.lock();
-  flushing_ = false;
-  if (written.ok()) {
-    for (const Queued& q : batch) ApplyRecord(durable_, q.record, q.hash, q.bytes);
-  } else {
-    // The file may now end in part of a record, and after a failed fsync the kernel may have
-    // dropped pages it reported written: only a fresh Open can say what the file holds.
-    failed_ = Status(written.code(), written.message() +
-                                         "; the journal refuses appends until it is opened again "
-                                         "(Open cuts a partial record)");
-  }
-  flushed_.notify_all();
-}
-
-Status Journal::WriteAndSync(ByteSpan bytes) const {
+Status Journal::WriteAll(ByteSpan bytes) const {
   size_t done = 0;
   while (done < bytes.size()) {
     const ssize_t n = write(fd_, bytes.data() + done, bytes.size() - done);
@@ -545,7 +559,6 @@ Status Journal::WriteAndSync(ByteSpan bytes) const {
     if (n == 0) return Internal("write " + path_ + " wrote nothing");
     done += static_cast<size_t>(n);
   }
-  if (fdatasync(fd_) != 0) return ErrnoStatus(errno, "fdatasync " + path_);
   return OkStatus();
 }
 

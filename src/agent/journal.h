@@ -19,9 +19,15 @@
 // the budget rests on the counter, and a journal that lost records shows as
 // journal_behind_counter (and, beyond one block, rollback_suspected) at Open.
 //
-// Crashes: Append* returns only once its record is written and fdatasync'd. A crash during an
-// append leaves the file ending in a prefix of a record or in zero-filled blocks; Open cuts that
-// torn tail, says so in the Reconciliation, and never counts it. A last record that is complete
+// Crashes: AppendBlock, Sync and AppendServed(kSynced) return only once the records are written
+// and fdatasync'd. AppendServed(kWritten) returns once its record is written: it then survives
+// the agent's death (the bytes are in the kernel's page cache), and the next AppendBlock or Sync
+// makes it survive a power cut too. That is what the agent does per request, because an
+// fdatasync costs about 100 us on an ordinary disk, as much as the whole request path may add:
+// a power cut then loses at most the served records of the block in progress, which the counter
+// had already counted (journal_behind_counter, never budget). A crash during an append leaves the
+// file ending in a prefix of a record or in zero-filled blocks; Open cuts that torn tail, says so
+// in the Reconciliation, and never counts it. A last record that is complete
 // but fails its checksum is cut the same way (a crash cannot be told apart from a flipped byte
 // there). Anything else that does not verify is kDataLoss.
 //
@@ -41,10 +47,10 @@
 // The caller records a request as served before its answer leaves the agent: a crash then loses
 // an answer, never a count.
 //
-// Threading: a Journal is thread-safe; destroy it only when no call is in progress. Concurrent
-// appends share fdatasyncs (group commit without added delay: the first waiting caller writes
-// everything queued so far while the others wait). One process at a time: Create and Open take
-// an exclusive flock; a second opener gets kUnavailable.
+// Threading: a Journal is thread-safe; destroy it only when no call is in progress. Records are
+// written in sequence order under a lock; concurrent syncs are shared (group commit without added
+// delay: the first waiting caller syncs everything written so far while the others wait). One
+// process at a time: Create and Open take an exclusive flock; a second opener gets kUnavailable.
 //
 // Memory is bounded whatever the file holds: records are read through a fixed window, a record
 // is at most kJournalMaxRecordBytes, and at most kJournalMaxPairs (model, client) pairs are kept.
@@ -173,6 +179,12 @@ crypto::Sha256Digest JournalRecordHash(const crypto::Sha256Digest& previous, Byt
 
 // ----- the journal --------------------------------------------------------------------------
 
+// How far an append goes before it returns.
+enum class Durability {
+  kWritten,  // write(2) done: survives the agent being killed, not a power cut
+  kSynced,   // fdatasync done: survives a power cut
+};
+
 struct JournalOptions {
   // B (at least 1): the largest counter advance the agent makes at once. Reconciliation calls
   // more than this much counter beyond the last block record a rollback.
@@ -226,12 +238,18 @@ class Journal {
   Journal(const Journal&) = delete;
   Journal& operator=(const Journal&) = delete;
 
-  // Records that the TPM counter was advanced to `counter` (above the last block). Call it after
-  // the TPM advance and before serving from the block.
+  // Records that the TPM counter was advanced to `counter` (above the last block), and makes it
+  // and every record before it durable. Call it after the TPM advance and before serving from
+  // the block.
   Status AppendBlock(uint64_t counter);
   // Records `count` served requests. kFailedPrecondition if they do not fit under the last
-  // block: advance the counter and AppendBlock first.
-  Status AppendServed(std::string_view model_id, std::string_view client, uint64_t count);
+  // block: advance the counter and AppendBlock first. With Durability::kWritten it returns once
+  // the record is in the file (it survives a crash of the process, not a power cut) and the next
+  // AppendBlock or Sync makes it durable.
+  Status AppendServed(std::string_view model_id, std::string_view client, uint64_t count,
+                      Durability durability = Durability::kSynced);
+  // Makes every record written so far durable.
+  Status Sync();
 
   // Requests that may still be recorded before the next block (including appends in progress).
   uint64_t allowance() const;
@@ -248,31 +266,25 @@ class Journal {
   const std::string& path() const { return path_; }
 
  private:
-  struct Queued {
-    JournalRecord record;
-    crypto::Sha256Digest hash;
-    size_t bytes;
-  };
   struct Checkpoint {
     uint64_t seq;
     UsageCounts counts;
   };
 
   Journal(std::string path, int fd, JournalState state);
-  Status Append(JournalRecord record);
-  // Writes and syncs what is pending; called with `lock` held, drops it during the I/O.
-  void Flush(std::unique_lock<std::mutex>& lock);
-  Status WriteAndSync(ByteSpan bytes) const;
+  Status Append(JournalRecord record, Durability durability);
+  // Syncs until every record up to `seq` is durable; called with `lock` held, drops it during
+  // fdatasync.
+  Status SyncLocked(std::unique_lock<std::mutex>& lock, uint64_t seq);
+  Status WriteAll(ByteSpan bytes) const;
 
   const std::string path_;
   const int fd_;
   mutable std::mutex mu_;
-  std::condition_variable flushed_;
-  JournalState tail_;     // with every queued record
+  std::condition_variable synced_;
+  JournalState tail_;     // with every record written to the file
   JournalState durable_;  // with the records that are written and synced
-  Bytes pending_bytes_;   // queued, not yet being written
-  std::vector<Queued> pending_;
-  bool flushing_ = false;
+  bool syncing_ = false;
   Status failed_;                                 // sticky: a write or sync failed
   mutable std::optional<Checkpoint> checkpoint_;  // totals at the latest snapshot
 };

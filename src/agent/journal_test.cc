@@ -352,7 +352,8 @@ void ChildLine(int fd, const std::string& line) {
   if (write(fd, s.data(), s.size()) != static_cast<ssize_t>(s.size())) _exit(4);
 }
 
-[[noreturn]] void ChildAppends(const std::string& path, uint64_t counter, int fd) {
+[[noreturn]] void ChildAppends(const std::string& path, uint64_t counter, int fd,
+                               Durability durability) {
   Result<OpenedJournal> opened = Journal::Open(path, counter, JournalOptions{kBlock});
   if (!opened) ChildLine(fd, "E " + opened.error().ToString());
   if (!opened) _exit(3);
@@ -364,7 +365,7 @@ void ChildLine(int fd, const std::string& line) {
     threads.emplace_back([&, t] {
       const std::string client = "c" + std::to_string(t);
       while (true) {
-        const Status s = j.AppendServed("m", client, 1);
+        const Status s = j.AppendServed("m", client, 1, durability);
         if (s.ok()) {
           ChildLine(fd, "S " + client);
           continue;
@@ -387,13 +388,14 @@ void ChildLine(int fd, const std::string& line) {
 
 // Runs the child for `run_for`, kills it, and returns every whole line it wrote.
 std::vector<std::string> RunAndKill(const std::string& path, uint64_t counter,
-                                    std::chrono::milliseconds run_for) {
+                                    std::chrono::milliseconds run_for,
+                                    Durability durability = Durability::kSynced) {
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0) return {"E pipe2"};
   const pid_t pid = fork();
   if (pid == 0) {
     close(fds[0]);
-    ChildAppends(path, counter, fds[1]);
+    ChildAppends(path, counter, fds[1], durability);
   }
   close(fds[1]);
   std::string out;
@@ -420,7 +422,9 @@ std::vector<std::string> RunAndKill(const std::string& path, uint64_t counter,
   return lines;
 }
 
-TEST_F(JournalTest, KilledWhileAppendingFromThreadsLosesNothingAcknowledged) {
+class JournalKillTest : public JournalTest, public ::testing::WithParamInterface<Durability> {};
+
+TEST_P(JournalKillTest, KilledWhileAppendingFromThreadsLosesNothingAcknowledged) {
   ASSERT_TRUE(Journal::Create(path_, kBase).has_value());
   const uint64_t seed = std::random_device{}();
   SCOPED_TRACE("seed " + std::to_string(seed));
@@ -430,7 +434,7 @@ TEST_F(JournalTest, KilledWhileAppendingFromThreadsLosesNothingAcknowledged) {
   int rounds = 0;
   for (; rounds < 6; ++rounds) {
     const std::chrono::milliseconds run_for(std::uniform_int_distribution<int>(20, 150)(rng));
-    for (const std::string& line : RunAndKill(path_, counter, run_for)) {
+    for (const std::string& line : RunAndKill(path_, counter, run_for, GetParam())) {
       ASSERT_NE(line[0], 'E') << "round " << rounds << ": " << line;
       if (line[0] == 'B') counter = std::max<uint64_t>(counter, std::stoull(line.substr(2)));
       if (line[0] == 'S') ++acked[line.substr(2)];
@@ -450,6 +454,36 @@ TEST_F(JournalTest, KilledWhileAppendingFromThreadsLosesNothingAcknowledged) {
   uint64_t total = 0;
   for (const auto& entry : acked) total += entry.second;
   EXPECT_GT(total, 0u) << "the child never acknowledged an append";
+}
+
+// kSynced: each acknowledged append was fdatasync'd. kWritten: each was only written, which is
+// what the agent does per request; a killed process loses nothing the kernel has.
+INSTANTIATE_TEST_SUITE_P(Durability, JournalKillTest,
+                         ::testing::Values(Durability::kSynced, Durability::kWritten),
+                         [](const ::testing::TestParamInfo<Durability>& p) {
+                           return p.param == Durability::kSynced ? "Synced" : "Written";
+                         });
+
+TEST_F(JournalTest, WrittenRecordsAreInTheFileAtOnceAndInSnapshotsOnlyOnceSynced) {
+  ASSERT_TRUE(Journal::Create(path_, kBase).has_value());
+  OpenedJournal opened = MUST(Journal::Open(path_, kBase + kBlock));
+  Journal& j = *opened.journal;
+  ASSERT_OK(j.AppendBlock(kBase + kBlock));
+  ASSERT_OK(j.AppendServed("m1", "kiosk", 3, Durability::kWritten));
+  ASSERT_OK(j.AppendServed("m1", "web", 1, Durability::kWritten));
+  EXPECT_EQ(j.allowance(), kBlock - 4);
+  // Another reader of the file (the agent restarted after a kill) already sees them...
+  const JournalScan scan = MUST(ScanJournal(FileBytes(path_), path_));
+  EXPECT_EQ(scan.state.served_total, 4u);
+  EXPECT_EQ(scan.torn_tail_bytes, 0u);
+  // ...but a usage report is made only of durable records.
+  EXPECT_EQ(j.Snapshot().total, 0u);
+  ASSERT_OK(j.Sync());
+  EXPECT_EQ(j.Snapshot().counts, Counts({{{"m1", "kiosk"}, 3}, {{"m1", "web"}, 1}}));
+  // A block makes what came before it durable as well.
+  ASSERT_OK(j.AppendServed("m1", "kiosk", 6, Durability::kWritten));
+  ASSERT_OK(j.AppendBlock(kBase + 2 * kBlock));
+  EXPECT_EQ(j.Snapshot().total, 10u);
 }
 
 TEST_F(JournalTest, FailedWriteRefusesLaterAppendsAndReopenCutsThePartialRecord) {
