@@ -1,83 +1,21 @@
 #include "custodian/config.h"
 
-#include <toml++/toml.h>
-
 #include <charconv>
-#include <cstdio>
 #include <set>
 
 #include "core/base/file.h"
-#include "core/protocol/json.h"
+#include "core/config/toml_reader.h"
 
 namespace custody::custodian {
 namespace {
 
-Status KeyError(std::string_view key, std::string_view what) {
-  return InvalidArgument("config key '" + std::string(key) + "': " + std::string(what));
-}
-
-Status RejectUnknownKeys(const toml::table& table, std::string_view section,
-                         std::initializer_list<std::string_view> known) {
-  for (const auto& [key, value] : table) {
-    const std::string k(key.str());
-    if (std::find(known.begin(), known.end(), k) == known.end()) {
-      const std::string full = section.empty() ? k : std::string(section) + "." + k;
-      return InvalidArgument("config key '" + full + "' is not known (misspelt?)");
-    }
-  }
-  return OkStatus();
-}
-
-Result<const toml::table*> Section(const toml::table& root, std::string_view name) {
-  const toml::node* node = root.get(name);
-  if (node == nullptr) return static_cast<const toml::table*>(nullptr);
-  if (!node->is_table()) return KeyError(name, "expected a section ([" + std::string(name) + "])");
-  return node->as_table();
-}
-
-Result<std::string> GetString(const toml::table* t, std::string_view section, std::string_view key,
-                              std::string fallback) {
-  if (t == nullptr) return fallback;
-  const toml::node* n = t->get(key);
-  const std::string full = std::string(section) + "." + std::string(key);
-  if (n == nullptr) return fallback;
-  if (!n->is_string()) return KeyError(full, "expected a string");
-  return n->as_string()->get();
-}
-
-Result<int64_t> GetInt(const toml::table* t, std::string_view section, std::string_view key,
-                       int64_t fallback, int64_t min, int64_t max) {
-  if (t == nullptr) return fallback;
-  const toml::node* n = t->get(key);
-  const std::string full = std::string(section) + "." + std::string(key);
-  if (n == nullptr) return fallback;
-  if (!n->is_integer()) return KeyError(full, "expected an integer");
-  const int64_t v = n->as_integer()->get();
-  if (v < min || v > max) {
-    return KeyError(full, "must be from " + std::to_string(min) + " to " + std::to_string(max));
-  }
-  return v;
-}
-
-Result<double> GetNumber(const toml::table* t, std::string_view section, std::string_view key,
-                         double fallback, double min, double max) {
-  if (t == nullptr) return fallback;
-  const toml::node* n = t->get(key);
-  const std::string full = std::string(section) + "." + std::string(key);
-  if (n == nullptr) return fallback;
-  double v = 0;
-  if (n->is_integer()) {
-    v = static_cast<double>(n->as_integer()->get());
-  } else if (n->is_floating_point()) {
-    v = n->as_floating_point()->get();
-  } else {
-    return KeyError(full, "expected a number");
-  }
-  if (!(v >= min && v <= max)) {
-    return KeyError(full, "must be from " + std::to_string(min) + " to " + std::to_string(max));
-  }
-  return v;
-}
+using config::GetInt;
+using config::GetNumber;
+using config::GetString;
+using config::KeyError;
+using config::RejectUnknownKeys;
+using config::Section;
+using config::TomlEscape;
 
 // "host:port", "[v6]:port".
 Status ParseListen(const std::string& text, http::ServerOptions& out) {
@@ -105,67 +43,10 @@ std::string Absolute(const std::string& data_dir, const std::string& path) {
   return data_dir + "/" + path;
 }
 
-// toml++ 3.3 reaches __builtin_unreachable in its non-ASCII whitespace and bare-key tables for
-// many code points (e.g. U+00E9 or U+FEDF where whitespace may follow a value), and where it looks
-// them up depends on how it recovers from malformed text, so no scan of ours can tell the safe
-// places apart. The configuration is therefore ASCII only (every key and value Custody defines
-// is). Returns the 1-based line of the first non-ASCII byte, or 0.
-size_t FirstNonAsciiLine(std::string_view text) {
-  size_t line = 1;
-  for (char c : text) {
-    if (c == '\n') ++line;
-    if (static_cast<unsigned char>(c) >= 0x80) return line;
-  }
-  return 0;
-}
-
-// `s` as the inside of a TOML basic string in ASCII: quotes, backslashes and control characters
-// escaped, and non-ASCII code points as \UXXXXXXXX (ParseConfig reads ASCII text only). Bytes
-// that are not UTF-8 are kept, and ParseConfig then refuses the file, naming the line.
-std::string TomlEscape(std::string_view s) {
-  std::string out;
-  char buf[16];
-  for (size_t i = 0; i < s.size(); ++i) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20 || c == 0x7f) {
-      std::snprintf(buf, sizeof(buf), "\\u%04X", c);
-      out += buf;
-    } else if (c < 0x80) {
-      out += static_cast<char>(c);
-    } else {
-      const size_t n = (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
-      if (n == 0 || i + n > s.size() || !protocol::IsCleanText(s.substr(i, n))) {
-        out += static_cast<char>(c);
-        continue;
-      }
-      uint32_t cp = c & (0xff >> (n + 1));
-      for (size_t k = 1; k < n; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[i + k]) & 0x3f);
-      std::snprintf(buf, sizeof(buf), "\\U%08X", static_cast<unsigned>(cp));
-      out += buf;
-      i += n - 1;
-    }
-  }
-  return out;
-}
-
 }  // namespace
 
 Result<Config> ParseConfig(std::string_view text, std::string_view source) {
-  if (const size_t line = FirstNonAsciiLine(text); line != 0) {
-    return InvalidArgument(std::string(source) + ":" + std::to_string(line) +
-                           ": non-ASCII character (the configuration must be ASCII text)");
-  }
-  toml::table root;
-  try {
-    root = toml::parse(text, source);
-  } catch (const toml::parse_error& e) {
-    const auto& where = e.source().begin;
-    return InvalidArgument(std::string(source) + ":" + std::to_string(where.line) + ":" +
-                           std::to_string(where.column) + ": " + std::string(e.description()));
-  }
+  CUSTODY_ASSIGN_OR_RETURN(toml::table root, config::Parse(text, source));
   CUSTODY_RETURN_IF_ERROR(
       RejectUnknownKeys(root, "", {"data_dir", "server", "store", "tpm", "log"}));
   Config c;
