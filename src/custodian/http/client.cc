@@ -265,6 +265,10 @@ Client::~Client() {
 
 Result<ClientResponse> Client::Send(const ClientRequest& request) {
   std::optional<Result<ClientResponse>> result;
+  {
+    std::lock_guard lock(interrupt_mu_);
+    if (interrupted_) return Unavailable(Interrupted());
+  }
   asio::co_spawn(
       io_,
       [this, &request, &result]() -> asio::awaitable<void> {
@@ -273,10 +277,29 @@ Result<ClientResponse> Client::Send(const ClientRequest& request) {
       [&result](std::exception_ptr e) {
         if (e && !result) result.emplace(Internal("HTTP client coroutine ended by an exception"));
       });
-  io_.restart();
+  {
+    std::lock_guard lock(interrupt_mu_);
+    if (interrupted_) return Unavailable(Interrupted());
+    io_.restart();
+  }
   io_.run();
-  if (!result) return Internal("HTTP client finished without an answer");
+  if (!result) {
+    std::lock_guard lock(interrupt_mu_);
+    if (interrupted_) return Unavailable(Interrupted());
+    return Internal("HTTP client finished without an answer");
+  }
   return std::move(*result);
+}
+
+void Client::Interrupt() {
+  std::lock_guard lock(interrupt_mu_);
+  interrupted_ = true;
+  // The request's coroutine stays suspended in io_ and is destroyed with it.
+  io_.stop();
+}
+
+std::string Client::Interrupted() const {
+  return connection_->label() + ": interrupted (the client is shutting down)";
 }
 
 Result<ClientResponse> Client::Get(std::string target) {

@@ -28,6 +28,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -112,6 +113,8 @@ class AsyncConnection {
 
   // TLS connections established so far (a test of keep-alive reuse counts them).
   uint64_t connects() const { return connects_; }
+  // "custodian host:port", the prefix of its errors.
+  const std::string& label() const { return context_->server_label(); }
 
  private:
   struct Stream;
@@ -126,7 +129,7 @@ class AsyncConnection {
 };
 
 // Blocking client: each call runs an AsyncConnection on a private io_context until it finishes.
-// One thread at a time (give each thread its own Client).
+// One thread at a time (give each thread its own Client), except for Interrupt.
 class Client {
  public:
   static Result<std::unique_ptr<Client>> Create(ClientOptions options);
@@ -139,10 +142,18 @@ class Client {
   uint64_t connects() const { return connection_->connects(); }
   void Close() { connection_->Close(); }
 
+  // Ends the request in progress (a long-poll, say) and every later one with kUnavailable
+  // "interrupted": for shutdown. The only method that may be called from another thread; the
+  // client can then only be destroyed.
+  void Interrupt();
+
  private:
   explicit Client(std::shared_ptr<const ClientContext> context);
   asio::io_context io_;
   std::unique_ptr<AsyncConnection> connection_;
+  std::mutex interrupt_mu_;  // orders Interrupt against the io_context's restart in Send
+  bool interrupted_ = false;
+  std::string Interrupted() const;
 };
 
 }  // namespace custody::custodian::http

@@ -188,6 +188,31 @@ TEST_F(ClientTest, GivesUpOnASlowServerAfterTheRequestTimeout) {
   ASSERT_TRUE(after.ok()) << after.error().ToString();
 }
 
+TEST_F(ClientTest, InterruptFromAnotherThreadEndsAWaitingRequestAndEveryLaterOne) {
+  ASSERT_NO_FATAL_FAILURE(StartServer());
+  auto client = *Client::Create(Options());
+  ASSERT_TRUE(client->Get("/hello").ok());
+  ClientRequest request;
+  request.target = "/stall";
+  std::atomic<bool> sent{false};
+  std::thread interrupter([&] {
+    while (!sent.load()) std::this_thread::yield();
+    std::this_thread::sleep_for(100ms);  // let the request reach its wait (not a condition)
+    client->Interrupt();
+  });
+  const auto start = Clock::now();
+  sent = true;
+  Result<ClientResponse> r = client->Send(request);
+  interrupter.join();
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code(), StatusCode::kUnavailable);
+  EXPECT_THAT(r.error().message(), HasSubstr("interrupted"));
+  EXPECT_LT(Clock::now() - start, 5s);  // not the 10 s of the stall
+  Result<ClientResponse> after = client->Get("/hello");
+  ASSERT_FALSE(after.ok());
+  EXPECT_THAT(after.error().message(), HasSubstr("interrupted"));
+}
+
 TEST_F(ClientTest, RefusesMalformedRequestsWithoutSendingThem) {
   ASSERT_NO_FATAL_FAILURE(StartServer());
   auto client = *Client::Create(Options());
