@@ -709,6 +709,7 @@ Figures RunScenario(const Args& args, size_t n) {
           r.tls_public_key = soft.tls_spki_der();
           r.enrolled = custodian::SystemNow();
           r.last_counter = soft.counter_value();
+          r.meter_position = soft.counter_value();  // counter unit 1
           made[i].emplace(std::move(soft), std::move(cert.pem));
         }
       });

@@ -168,6 +168,7 @@ void ProtocolSeeds(const std::string& dir) {
   complete.counter_index = 0x01000C57;
   complete.counter_certify = fuzz::SampleAttestation(0x60);
   complete.tls_public_key = Pattern(91, 0x30);
+  complete.counter_unit = 16;
   put("enroll_complete_request", MessageKind::kEnrollCompleteRequest, protocol::ToJson(complete));
 
   protocol::EnrollCompleteResponse enrolled;
@@ -214,7 +215,10 @@ void ProtocolSeeds(const std::string& dir) {
   usage.counter_certify = fuzz::SampleAttestation(0x60);
   usage.counts = {{"000102030405060708090a0b0c0d0e0f", "kiosk-app", 12},
                   {"000102030405060708090a0b0c0d0e0f", "", 0}};
+  usage.prepaid = 5;
   put("usage", MessageKind::kUsageRequest, protocol::ToJson(usage));
+  usage.anomaly = "journal behind the counter at start: 3 blocks unaccounted";
+  put("usage_anomaly", MessageKind::kUsageRequest, protocol::ToJson(usage));
   put("extension_request", MessageKind::kExtensionRequest,
       protocol::ToJson(protocol::ExtensionRequestMessage{"lic_0123456789abcdef", 500, "busy"}));
 }

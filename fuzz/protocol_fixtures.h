@@ -83,8 +83,10 @@ inline protocol::LeasePayload SampleLease() {
   approval.signature = Pattern(72, 0x70);
   l.approvals.push_back(approval);
   l.counter_limit = 1000;
+  l.counter_unit = 16;
   l.not_after = "2030-01-01T00:00:00Z";
   l.offline_grace_ms = 86400000;
+  l.tpm_clock_ms = 123456789;
   l.sequence = 3;
   l.revocation_epoch = 1;
   l.issued_at = "2026-06-01T00:00:00Z";

@@ -16,10 +16,18 @@ Result<crypto::Ed25519PublicKey> LeaseKey(const DeviceIdentity& id) {
 }  // namespace
 
 Result<EnrollmentInProgress> BeginEnrollment(tpm::Tpm& tpm, const std::string& token,
-                                             tpm::EkType ek_type, uint32_t counter_index) {
+                                             tpm::EkType ek_type, uint32_t counter_index,
+                                             uint64_t counter_unit) {
+  if (counter_unit < protocol::kMinCounterUnit || counter_unit > protocol::kMaxCounterUnit) {
+    return InvalidArgument("counter unit " + std::to_string(counter_unit) + " is outside " +
+                           std::to_string(protocol::kMinCounterUnit) + ".." +
+                           std::to_string(protocol::kMaxCounterUnit) +
+                           " (requests per TPM counter increment)");
+  }
   EnrollmentInProgress e;
   e.identity.ek_type = ek_type;
   e.identity.counter_index = counter_index;
+  e.identity.counter_unit = counter_unit;
   Result<tpm::Endorsement> ek = tpm.ReadEndorsement(ek_type);
   if (!ek) return ek.error();
   CUSTODY_ASSIGN_OR_RETURN(e.identity.ak, tpm.CreateAttestationKey());
@@ -63,6 +71,7 @@ Result<protocol::EnrollCompleteRequest> ContinueEnrollment(
                            tpm.CertifyCounter(e.identity.ak, e.identity.counter_index,
                                               e.identity.counter_auth, challenge.certify_nonce));
   r.tls_public_key.assign(tls_spki.begin(), tls_spki.end());
+  r.counter_unit = e.identity.counter_unit;
   return r;
 }
 
@@ -95,13 +104,17 @@ Result<protocol::AttestRequest> MakeAttestation(tpm::Tpm& tpm, const DeviceIdent
 
 Result<protocol::UsageRequest> MakeUsageReport(tpm::Tpm& tpm, const DeviceIdentity& id,
                                                ByteSpan nonce, const std::string& report_id,
-                                               std::vector<protocol::UsageRequest::Count> counts) {
+                                               std::vector<protocol::UsageRequest::Count> counts,
+                                               uint64_t prepaid,
+                                               std::optional<std::string> anomaly) {
   protocol::UsageRequest r;
   r.report_id = report_id;
   r.nonce.assign(nonce.begin(), nonce.end());
   CUSTODY_ASSIGN_OR_RETURN(r.counter_certify,
                            tpm.CertifyCounter(id.ak, id.counter_index, id.counter_auth, nonce));
   r.counts = std::move(counts);
+  r.prepaid = prepaid;
+  r.anomaly = std::move(anomaly);
   return r;
 }
 
@@ -113,6 +126,12 @@ Result<protocol::LeasePayload> OpenLease(const DeviceIdentity& id, const nlohman
   if (lease.device_id != id.device_id) {
     return Unauthenticated("lease " + lease.lease_id + " is for device " + lease.device_id +
                            ", not this one (" + id.device_id + ")");
+  }
+  if (lease.counter_unit != id.counter_unit) {
+    return FailedPrecondition("lease " + lease.lease_id + " counts " +
+                              std::to_string(lease.counter_unit) +
+                              " requests per counter step, but this device enrolled with " +
+                              std::to_string(id.counter_unit) + "; refusing it");
   }
   return lease;
 }

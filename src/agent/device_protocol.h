@@ -29,6 +29,9 @@ struct DeviceIdentity {
   tpm::KeyBlob binding;
   uint32_t counter_index = tpm::kDefaultCounterIndex;
   Bytes counter_auth;  // 32 random bytes: the NV counter's authValue
+  // Requests per counter increment (PROTOCOL.md §7), chosen at enrollment and fixed for its life:
+  // a counter value C pays for C x counter_unit requests. Every lease names it too.
+  uint64_t counter_unit = 1;
   std::vector<uint32_t> pcr_selection;
   Bytes lease_public;   // pinned custodian lease key (Ed25519, 32 bytes)
   Bytes policy_public;  // pinned custodian policy key (P-256, 65 bytes)
@@ -38,12 +41,15 @@ struct DeviceIdentity {
 
 // Enrollment, round 1: creates the AK, defines the usage counter (if this TPM does not have it
 // yet) and advances it once so that it can be certified, and builds the request.
+// `counter_unit`: requests per counter increment (protocol::kMinCounterUnit..kMaxCounterUnit,
+// kInvalidArgument otherwise), sent to the custodian in round 2.
 struct EnrollmentInProgress {
   protocol::EnrollBeginRequest request;
-  DeviceIdentity identity;  // ak, ek_type, counter_index and counter_auth filled
+  DeviceIdentity identity;  // ak, ek_type, counter_index, counter_auth and counter_unit filled
 };
 Result<EnrollmentInProgress> BeginEnrollment(tpm::Tpm& tpm, const std::string& token,
-                                             tpm::EkType ek_type, uint32_t counter_index);
+                                             tpm::EkType ek_type, uint32_t counter_index,
+                                             uint64_t counter_unit);
 
 // Enrollment, round 2: activates the credential, creates the binding key under the custodian's
 // policy key, certifies it and the counter with the AK, and builds the completion request.
@@ -61,12 +67,19 @@ Result<protocol::AttestRequest> MakeAttestation(tpm::Tpm& tpm, const DeviceIdent
                                                 ByteSpan nonce);
 
 // A usage report: the counter certified over the custodian's nonce, plus the journal's counts.
+// `prepaid`: requests the certified counter paid for that were not served yet (counter x unit -
+// the meter position the counts add up to). `anomaly`: a meter anomaly
+// to put on record (e.g. the journal was behind the counter at start), clean text.
 Result<protocol::UsageRequest> MakeUsageReport(tpm::Tpm& tpm, const DeviceIdentity& id,
                                                ByteSpan nonce, const std::string& report_id,
-                                               std::vector<protocol::UsageRequest::Count> counts);
+                                               std::vector<protocol::UsageRequest::Count> counts,
+                                               uint64_t prepaid,
+                                               std::optional<std::string> anomaly);
 
 // A lease, verified: the envelope signature under the pinned lease key, then the payload, which
-// must name this device. Sequence and epoch checks are the caller's (it knows what it saw).
+// must name this device and carry this device's counter unit (kFailedPrecondition otherwise: the
+// custodian's record and the device's disagree on what a counter step is worth). Sequence and
+// epoch checks are the caller's (it knows what it saw).
 Result<protocol::LeasePayload> OpenLease(const DeviceIdentity& id, const nlohmann::json& envelope);
 
 // A revocation, verified likewise.

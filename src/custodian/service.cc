@@ -57,6 +57,20 @@ std::string StatusName(ExtensionStatus s) {
 
 std::string Time(TimePoint t) { return format::FormatTimestamp(t); }
 
+uint64_t SaturatingAdd(uint64_t a, uint64_t b) { return b > UINT64_MAX - a ? UINT64_MAX : a + b; }
+
+// The requests a certified counter value has paid for (counter x unit), or kInvalidArgument when
+// that does not fit in 64 bits: no real TPM counter gets there, so such a value is refused rather
+// than clamped into a budget.
+Result<uint64_t> PaidRequests(uint64_t counter, uint64_t counter_unit) {
+  uint64_t paid = 0;
+  if (__builtin_mul_overflow(counter, counter_unit, &paid)) {
+    return InvalidArgument("certified usage counter " + std::to_string(counter) + " x unit " +
+                           std::to_string(counter_unit) + " does not fit in 64 bits");
+  }
+  return paid;
+}
+
 tpm::PcrValues ToPcrValues(const std::map<uint32_t, Bytes>& pcrs) {
   tpm::PcrValues out;
   for (const auto& [index, value] : pcrs) {
@@ -121,6 +135,8 @@ nlohmann::json DeviceJson(const DeviceRecord& d) {
                    {"ek_name", HexEncode(d.ek_name)},
                    {"enrolled", Time(d.enrolled)},
                    {"counter_index", d.counter_index},
+                   {"counter_unit", d.counter_unit},
+                   {"meter_position", d.meter_position},
                    {"lease_sequence", d.lease_sequence},
                    {"revocation_epoch", d.revocation_epoch},
                    {"revoked", nullptr},
@@ -574,9 +590,15 @@ Result<LeaseRecord> CustodianService::BuildLease(
                                                                 device.device_id, model.model_id)));
   p.approvals = approvals;
   CUSTODY_ASSIGN_OR_RETURN(uint64_t remaining, Remaining(device, licence));
-  p.counter_limit = device.last_counter.value_or(0) + remaining;
+  // In requests: where the device's meter certainly is, plus what it may still use.
+  p.counter_limit = SaturatingAdd(device.meter_position, remaining);
+  p.counter_unit = device.counter_unit;
   p.not_after = Time(licence.not_after);
   p.offline_grace_ms = licence.offline_grace_ms;
+  // The reference for the offline grace. A lease pushed later (an extension, a policy update)
+  // carries the clock of the last verified quote: older than the device's clock by then, so it
+  // grants less offline time than an attestation would, never more.
+  p.tpm_clock_ms = device.attested_tpm_clock_ms.value_or(0);
   p.sequence = ++device.lease_sequence;
   p.revocation_epoch = device.revocation_epoch;
   p.issued_at = Now();
@@ -700,6 +722,12 @@ Result<protocol::EnrollBeginResponse> CustodianService::EnrollBegin(
 
 Result<protocol::EnrollCompleteResponse> CustodianService::EnrollComplete(
     const protocol::EnrollCompleteRequest& request) {
+  if (request.counter_unit < protocol::kMinCounterUnit ||
+      request.counter_unit > protocol::kMaxCounterUnit) {
+    return InvalidArgument("counter_unit must be " + std::to_string(protocol::kMinCounterUnit) +
+                           ".." + std::to_string(protocol::kMaxCounterUnit) + ", got " +
+                           std::to_string(request.counter_unit));
+  }
   Result<PendingEnrollment> pending = Result<PendingEnrollment>(NotFound(""));
   CUSTODY_RETURN_IF_ERROR(store_.Transact([&](Transaction& tx) -> Status {
     pending = tx.GetPendingEnrollment(request.enrollment_id);
@@ -727,6 +755,9 @@ Result<protocol::EnrollCompleteResponse> CustodianService::EnrollComplete(
                                            std::nullopt};
   Result<uint64_t> counter = tpm::VerifyNvCertify(request.counter_certify, counter_expect);
   if (!counter) return counter.error().WithContext("usage counter certification");
+  // Everything the counter paid for before enrollment counts as used.
+  CUSTODY_ASSIGN_OR_RETURN(const uint64_t meter_position,
+                           PaidRequests(*counter, request.counter_unit));
 
   CUSTODY_ASSIGN_OR_RETURN(TPMT_PUBLIC ek_pub, tpm::UnmarshalPublic2B(pending->ek_public));
   CUSTODY_ASSIGN_OR_RETURN(Bytes ek_name, tpm::ObjectName(ek_pub));
@@ -754,6 +785,8 @@ Result<protocol::EnrollCompleteResponse> CustodianService::EnrollComplete(
   device.tls_public_key = request.tls_public_key;
   device.enrolled = clock_();
   device.last_counter = *counter;
+  device.counter_unit = request.counter_unit;
+  device.meter_position = meter_position;
   CUSTODY_RETURN_IF_ERROR(store_.Transact([&](Transaction& tx) -> Status {
     CUSTODY_RETURN_IF_ERROR(tx.UseEnrollmentToken(pending->token_hash, device.device_id, clock_()));
     CUSTODY_RETURN_IF_ERROR(tx.PutDevice(device));
@@ -762,6 +795,7 @@ Result<protocol::EnrollCompleteResponse> CustodianService::EnrollComplete(
                     {{"group", device.group},
                      {"ek_name", HexEncode(ek_name)},
                      {"counter", *counter},
+                     {"counter_unit", device.counter_unit},
                      {"tls_serial", cert.serial_hex}});
   }));
   protocol::EnrollCompleteResponse out;
@@ -811,6 +845,8 @@ Result<protocol::AttestResponse> CustodianService::Attest(const std::string& dev
   }
   CUSTODY_ASSIGN_OR_RETURN(tpm::QuoteResult verdict, tpm::VerifyQuote(request.quote, expect));
   if (record_tofu) device.tofu_pcrs = FromPcrValues(verdict.pcrs);
+  // The leases below carry this quote's TPM clock: the device measures its offline grace from it.
+  device.attested_tpm_clock_ms = verdict.clock.clock_ms;
   device.last_seen = clock_();
   CUSTODY_ASSIGN_OR_RETURN(std::vector<tpm::ApprovedPolicy> approvals, ApprovalsFor(group, device));
 
@@ -840,13 +876,15 @@ Result<protocol::AttestResponse> CustodianService::Attest(const std::string& dev
     }
     current.lease_sequence = device.lease_sequence;
     current.last_seen = device.last_seen;
+    current.attested_tpm_clock_ms = device.attested_tpm_clock_ms;
     if (record_tofu) current.tofu_pcrs = device.tofu_pcrs;
     CUSTODY_RETURN_IF_ERROR(tx.PutDevice(current));
     for (const LeaseRecord& l : leases) CUSTODY_RETURN_IF_ERROR(tx.PutLease(l));
     return tx.Audit("device:" + device_id, "device.attest", device_id,
                     {{"matched_set", record_tofu ? "first-use (recorded)" : verdict.matched_set},
                      {"leases", leases.size()},
-                     {"sequence", device.lease_sequence}});
+                     {"sequence", device.lease_sequence},
+                     {"tpm_clock_ms", verdict.clock.clock_ms}});
   });
   if (committed.code() == StatusCode::kAlreadyExists) {
     return Unauthenticated("nonce was already used: a replayed attestation");
@@ -893,6 +931,16 @@ Result<nlohmann::json> CustodianService::ReportUsage(const std::string& device_i
   tpm::NvCertifyExpectation expect{device.ak_public, request.nonce, device.counter_name,
                                    std::nullopt};
   CUSTODY_ASSIGN_OR_RETURN(uint64_t counter, tpm::VerifyNvCertify(request.counter_certify, expect));
+  // The meter position the report's counts add up to: what the counter paid for, less what the
+  // device says it paid for beyond them. All of the claim is credited: a larger claim only lowers
+  // the position, hence the device's own limit (position + remaining); a smaller one raises it by
+  // at most what was truly prepaid, and the counter bounds what the device ever served. Capping
+  // the claim would be the real hole: a report sent again after the device served many more
+  // requests legitimately carries a large prepaid, and a cap would count those requests as
+  // metered while the counts that reach the remaining budget do not include them yet.
+  CUSTODY_ASSIGN_OR_RETURN(const uint64_t paid, PaidRequests(counter, device.counter_unit));
+  const uint64_t credited = request.prepaid;
+  const uint64_t position = paid > credited ? paid - credited : 0;
   UsageReport report;
   report.report_id = request.report_id;
   report.device_id = device_id;
@@ -910,20 +958,29 @@ Result<nlohmann::json> CustodianService::ReportUsage(const std::string& device_i
     CUSTODY_RETURN_IF_ERROR(put);
     CUSTODY_RETURN_IF_ERROR(tx.ConsumeNonce(request.nonce, device_id, clock_()));
     CUSTODY_ASSIGN_OR_RETURN(DeviceRecord current, tx.GetDevice(device_id));
-    if (!report.rollback)
+    if (!report.rollback) {
       current.last_counter = std::max(current.last_counter.value_or(0), counter);
+      current.meter_position = std::max(current.meter_position, position);
+    }
     current.last_seen = clock_();
     CUSTODY_RETURN_IF_ERROR(tx.PutDevice(current));
     nlohmann::json counts = nlohmann::json::array();
     for (const auto& c : request.counts) {
       counts.push_back({{"model_id", c.model_id}, {"client", c.client}, {"count", c.count}});
     }
-    return tx.Audit("device:" + device_id, report.rollback ? "usage.rollback" : "usage.report",
-                    report.report_id,
-                    {{"counter", counter},
-                     {"last_counter", device.last_counter ? nlohmann::json(*device.last_counter)
-                                                          : nlohmann::json(nullptr)},
-                     {"counts", counts}});
+    CUSTODY_RETURN_IF_ERROR(
+        tx.Audit("device:" + device_id, report.rollback ? "usage.rollback" : "usage.report",
+                 report.report_id,
+                 {{"counter", counter},
+                  {"last_counter", device.last_counter ? nlohmann::json(*device.last_counter)
+                                                       : nlohmann::json(nullptr)},
+                  {"counts", counts},
+                  {"prepaid", request.prepaid},
+                  {"credited", credited},
+                  {"position", current.meter_position}}));
+    if (!request.anomaly) return OkStatus();
+    return tx.Audit("device:" + device_id, "device.meter_anomaly", device_id,
+                    {{"report_id", report.report_id}, {"anomaly", *request.anomaly}});
   });
   if (committed.code() == StatusCode::kAlreadyExists) {
     return Unauthenticated("nonce was already used: a replayed usage report");

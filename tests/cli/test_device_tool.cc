@@ -25,6 +25,7 @@ struct Args {
   std::string token_file;
   std::string model;
   uint64_t use = 0;
+  uint64_t counter_unit = 1;
   std::string licence;
   std::vector<uint64_t> extend;
 };
@@ -36,7 +37,7 @@ Result<nlohmann::json> Run(const Args& a) {
   while (!token.empty() && (token.back() == '\n' || token.back() == ' ')) token.pop_back();
   CUSTODY_ASSIGN_OR_RETURN(
       auto device, custody::testing::TestDevice::Create(a.port, std::string(custody::AsChars(ca))));
-  CUSTODY_RETURN_IF_ERROR(device->Enroll(token));
+  CUSTODY_RETURN_IF_ERROR(device->Enroll(token, a.counter_unit));
   nlohmann::json out;
   out["device_id"] = device->identity().device_id;
   CUSTODY_ASSIGN_OR_RETURN(auto leases, device->Attest());
@@ -64,6 +65,8 @@ int main(int argc, char** argv) {
   app.add_option("--enrollment-token-file", a.token_file, "One-time enrollment token")->required();
   app.add_option("--model", a.model, "Model id to report usage for");
   app.add_option("--use", a.use, "Inferences to count on the TPM and report");
+  app.add_option("--counter-unit", a.counter_unit,
+                 "Requests per TPM counter increment, chosen at enrollment (default 1)");
   app.add_option("--licence", a.licence, "Licence id for extension requests");
   app.add_option("--extend", a.extend, "Request an extension of N (repeatable)");
   CLI11_PARSE(app, argc, argv);

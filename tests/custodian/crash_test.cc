@@ -500,8 +500,9 @@ class CustodianCrashTest : public ::testing::Test {
         return false;
       }
       protocol::NonceResponse nonce = MUST(protocol::ParseNonceResponse(nonce_answer->body));
-      protocol::UsageRequest request = MUST(agent::MakeUsageReport(
-          device.tpm(), device.identity(), nonce.nonce, id, {{model_id_, kClientName, count}}));
+      protocol::UsageRequest request =
+          MUST(agent::MakeUsageReport(device.tpm(), device.identity(), nonce.nonce, id,
+                                      {{model_id_, kClientName, count}}, 0, std::nullopt));
       Result<http::ClientResponse> r = client.PostJson("/v1/usage", protocol::ToJson(request));
       if (!r) {
         LostAnswer(client);
@@ -836,8 +837,9 @@ class CustodianCrashTest : public ::testing::Test {
       for (const auto& [id, count] : sample) {
         protocol::NonceResponse nonce = MUST(protocol::ParseNonceResponse(
             MUST(client->PostJson("/v1/nonce", nlohmann::json::object())).body));
-        protocol::UsageRequest request = MUST(agent::MakeUsageReport(
-            device.tpm(), device.identity(), nonce.nonce, id, {{model_id_, kClientName, count}}));
+        protocol::UsageRequest request =
+            MUST(agent::MakeUsageReport(device.tpm(), device.identity(), nonce.nonce, id,
+                                        {{model_id_, kClientName, count}}, 0, std::nullopt));
         http::ClientResponse r = MUST(client->PostJson("/v1/usage", protocol::ToJson(request)));
         ASSERT_EQ(r.status, 200) << r.body;
         EXPECT_EQ(nlohmann::json::parse(r.body).value("duplicate", false), true)

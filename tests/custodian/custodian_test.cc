@@ -131,6 +131,18 @@ class CustodianTest : public ::testing::Test {
     return f;
   }
 
+  // Every audit entry, from the admin export.
+  std::vector<protocol::AuditEntry> AuditEntries() {
+    http::ClientResponse audit = Admin("GET", "/v1/admin/audit?limit=10000");
+    EXPECT_EQ(audit.status, 200) << audit.body;
+    std::vector<protocol::AuditEntry> entries;
+    std::istringstream lines(audit.body);
+    for (std::string line; std::getline(lines, line);) {
+      entries.push_back(MUST(protocol::AuditEntryFromJsonLine(line)));
+    }
+    return entries;
+  }
+
   std::string EnrollmentToken() {
     return AdminOk("POST", "/v1/admin/enrollment-tokens", {{"group", "kiosks"}})["token"]
         .get<std::string>();
@@ -311,6 +323,156 @@ TEST_F(CustodianTest, PolicyUpdateAndNewLicenceReachWaitingDevices) {
   EXPECT_GT(second.sequence, lease.sequence);
 }
 
+// ----- metering: counter units, prepaid requests, the TPM clock ------------------------------
+
+TEST_F(CustodianTest, DeviceWithCounterUnit16IsMeteredInRequests) {
+  Fixture f = Provision(/*budget=*/100);
+  auto device = NewDevice();
+  ASSERT_OK(device->Enroll(EnrollmentToken(), /*counter_unit=*/16));
+  EXPECT_EQ(device->identity().counter_unit, 16u);
+  const std::string path = "/v1/admin/devices/" + device->identity().device_id;
+  const uint64_t c0 = MUST(
+      device->tpm().ReadCounter(device->identity().counter_index, device->identity().counter_auth));
+  nlohmann::json record = AdminOk("GET", path);
+  EXPECT_EQ(record["counter_unit"].get<uint64_t>(), 16u);
+  EXPECT_EQ(record["meter_position"].get<uint64_t>(), c0 * 16) << "what the counter paid is used";
+
+  // The lease counts requests: the certified counter's worth plus the budget.
+  std::vector<protocol::LeasePayload> leases = MUST(device->Attest());
+  ASSERT_EQ(leases.size(), 1u);
+  EXPECT_EQ(leases[0].counter_unit, 16u);
+  EXPECT_EQ(leases[0].counter_limit, c0 * 16 + 100);
+
+  // Two blocks paid, 20 requests served: 12 prepaid. The position is exactly what was served.
+  ASSERT_OK(device->AdvanceCounter(2));
+  MUST(device->Report(f.model_id, 20, "r1", /*prepaid=*/12));
+  EXPECT_EQ(AdminOk("GET", path)["meter_position"].get<uint64_t>(), c0 * 16 + 20);
+  EXPECT_EQ(MUST(device->Attest()).at(0).counter_limit, c0 * 16 + 20 + (100 - 20));
+
+  // A report made at 25 requests and sent after three more blocks: its prepaid (55) is relative
+  // to the position its counts add up to, all of it is credited, and the limit stays exact.
+  ASSERT_OK(device->AdvanceCounter(3));
+  const uint64_t position = c0 * 16 + 25;
+  MUST(device->Report(f.model_id, 5, "r2", /*prepaid=*/(c0 + 5) * 16 - position));
+  EXPECT_EQ(AdminOk("GET", path)["meter_position"].get<uint64_t>(), position);
+  EXPECT_EQ(MUST(device->Attest()).at(0).counter_limit, c0 * 16 + 100) << "the budget, exactly";
+  bool audited = false;
+  for (const protocol::AuditEntry& e : AuditEntries()) {
+    if (e.action != "usage.report" || e.subject != "r2") continue;
+    nlohmann::json details = nlohmann::json::parse(e.details);
+    EXPECT_EQ(details["prepaid"].get<uint64_t>(), 55u);
+    EXPECT_EQ(details["credited"].get<uint64_t>(), 55u);
+    EXPECT_EQ(details["position"].get<uint64_t>(), position);
+    audited = true;
+  }
+  EXPECT_TRUE(audited) << "no usage.report entry for r2";
+
+  // The position never moves back: the same counter with a larger prepaid claim changes nothing.
+  MUST(device->Report(f.model_id, 0, "r3", /*prepaid=*/0));
+  MUST(device->Report(f.model_id, 0, "r4", /*prepaid=*/10));
+  EXPECT_EQ(AdminOk("GET", path)["meter_position"].get<uint64_t>(), (c0 + 5) * 16);
+
+  // A device that counts in another unit than its lease refuses the lease.
+  Bytes nonce = MUST(device->Nonce());
+  protocol::AttestRequest req =
+      MUST(agent::MakeAttestation(device->tpm(), device->identity(), nonce));
+  http::ClientResponse answer = MUST(device->Post("/v1/attest", protocol::ToJson(req)));
+  ASSERT_EQ(answer.status, 200) << answer.body;
+  protocol::AttestResponse attested = MUST(protocol::ParseAttestResponse(answer.body));
+  ASSERT_EQ(attested.leases.size(), 1u);
+  EXPECT_TRUE(agent::OpenLease(device->identity(), attested.leases[0]).ok());
+  agent::DeviceIdentity other_unit = device->identity();
+  other_unit.counter_unit = 1;
+  Result<protocol::LeasePayload> refused = agent::OpenLease(other_unit, attested.leases[0]);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code(), StatusCode::kFailedPrecondition) << refused.error().ToString();
+}
+
+TEST_F(CustodianTest, EnrollmentRefusesACounterUnitOutside1To65536) {
+  Provision(10);
+  auto device = NewDevice();
+  Result<agent::EnrollmentInProgress> local = agent::BeginEnrollment(
+      device->tpm(), EnrollmentToken(), tpm::EkType::kEcc, tpm::kDefaultCounterIndex, 0);
+  ASSERT_FALSE(local.ok());
+  EXPECT_EQ(local.error().code(), StatusCode::kInvalidArgument) << local.error().ToString();
+
+  agent::EnrollmentInProgress e = MUST(agent::BeginEnrollment(
+      device->tpm(), EnrollmentToken(), tpm::EkType::kEcc, tpm::kDefaultCounterIndex, 65536));
+  http::ClientResponse begun = MUST(device->Post("/v1/enroll/begin", protocol::ToJson(e.request)));
+  ASSERT_EQ(begun.status, 200) << begun.body;
+  protocol::EnrollBeginResponse challenge = MUST(protocol::ParseEnrollBeginResponse(begun.body));
+  crypto::P256PrivateKey key = MUST(crypto::P256PrivateKey::Generate());
+  unsigned char* der = nullptr;
+  int len = i2d_PUBKEY(key.get(), &der);
+  Bytes spki(der, der + len);
+  OPENSSL_free(der);
+  protocol::EnrollCompleteRequest complete =
+      MUST(agent::ContinueEnrollment(device->tpm(), e, challenge, spki));
+  EXPECT_EQ(complete.counter_unit, 65536u);
+  for (uint64_t unit : {uint64_t{0}, uint64_t{65537}}) {
+    complete.counter_unit = unit;
+    http::ClientResponse r = MUST(device->Post("/v1/enroll/complete", protocol::ToJson(complete)));
+    EXPECT_EQ(r.status, 400) << "unit " << unit << ": " << r.body;
+    EXPECT_NE(r.body.find("counter_unit"), std::string::npos) << r.body;
+  }
+  complete.counter_unit = 65536;
+  http::ClientResponse enrolled =
+      MUST(device->Post("/v1/enroll/complete", protocol::ToJson(complete)));
+  ASSERT_EQ(enrolled.status, 200) << enrolled.body;
+  const std::string id = MUST(protocol::ParseEnrollCompleteResponse(enrolled.body)).device_id;
+  EXPECT_EQ(AdminOk("GET", "/v1/admin/devices/" + id)["counter_unit"].get<uint64_t>(), 65536u);
+}
+
+TEST_F(CustodianTest, LeaseCarriesTheTpmClockOfItsQuoteAndPushedLeasesTheStoredOne) {
+  Fixture f = Provision(10);
+  auto device = EnrolledDevice();
+  const uint64_t before = MUST(device->tpm().ReadClock()).clock_ms;
+  protocol::LeasePayload lease = MUST(device->Attest()).at(0);
+  const uint64_t after = MUST(device->tpm().ReadClock()).clock_ms;
+  EXPECT_GE(lease.tpm_clock_ms, before);
+  EXPECT_LE(lease.tpm_clock_ms, after);
+
+  // A lease pushed later (an approved extension) carries the stored clock of that quote: an older
+  // reference, so less offline time, never more.
+  nlohmann::json ext = MUST(device->RequestExtension(f.licence_id, 5));
+  const uint64_t seen = MUST(device->Poll(0, 0)).last_seq;
+  AdminOk("POST", "/v1/admin/extensions/" + ext["request_id"].get<std::string>() + "/approve");
+  protocol::EventsResponse events = MUST(device->Poll(seen, 5000));
+  ASSERT_EQ(events.events.size(), 1u);
+  protocol::LeasePayload pushed =
+      MUST(agent::OpenLease(device->identity(), events.events[0].document));
+  EXPECT_GT(pushed.sequence, lease.sequence);
+  EXPECT_EQ(pushed.tpm_clock_ms, lease.tpm_clock_ms);
+
+  // The next attestation moves the reference to its own quote.
+  const uint64_t later = MUST(device->tpm().ReadClock()).clock_ms;
+  protocol::LeasePayload fresh = MUST(device->Attest()).at(0);
+  EXPECT_GE(fresh.tpm_clock_ms, later);
+  EXPECT_LE(fresh.tpm_clock_ms, MUST(device->tpm().ReadClock()).clock_ms);
+  EXPECT_GE(later, after);
+}
+
+TEST_F(CustodianTest, MeterAnomalyReportedByTheDeviceIsAudited) {
+  Fixture f = Provision(10);
+  auto device = EnrolledDevice();
+  const std::string anomaly = "journal behind the counter at start by 2 blocks";
+  nlohmann::json answer = MUST(device->Report(f.model_id, 0, "r-anomaly", 0, anomaly));
+  EXPECT_EQ(answer["duplicate"], false);
+  // A retry of the report is not recorded twice.
+  answer = MUST(device->Report(f.model_id, 0, "r-anomaly", 0, anomaly));
+  EXPECT_EQ(answer["duplicate"], true);
+  int found = 0;
+  for (const protocol::AuditEntry& e : AuditEntries()) {
+    if (e.action != "device.meter_anomaly") continue;
+    ++found;
+    EXPECT_EQ(e.actor, "device:" + device->identity().device_id);
+    EXPECT_EQ(e.subject, device->identity().device_id);
+    EXPECT_EQ(nlohmann::json::parse(e.details),
+              (nlohmann::json{{"report_id", "r-anomaly"}, {"anomaly", anomaly}}));
+  }
+  EXPECT_EQ(found, 1);
+}
+
 // ----- attacks on attestation ----------------------------------------------------------------
 
 TEST_F(CustodianTest, ReplayedNonceIsRefused) {
@@ -376,8 +538,8 @@ TEST_F(CustodianTest, DeviceReportingWithAnotherDevicesCounterIsRefused) {
   auto a = EnrolledDevice();
   auto b = EnrolledDevice();
   Bytes nonce = MUST(a->Nonce());
-  protocol::UsageRequest req =
-      MUST(agent::MakeUsageReport(b->tpm(), b->identity(), nonce, "x", {{f.model_id, "kiosk", 1}}));
+  protocol::UsageRequest req = MUST(agent::MakeUsageReport(
+      b->tpm(), b->identity(), nonce, "x", {{f.model_id, "kiosk", 1}}, 0, std::nullopt));
   Status s = StatusFromResponse(MUST(a->Post("/v1/usage", protocol::ToJson(req))));
   EXPECT_EQ(s.code(), StatusCode::kUnauthenticated) << s.ToString();
 }

@@ -81,10 +81,10 @@ Result<custodian::http::ClientResponse> TestDevice::Post(const std::string& targ
   return client_->PostJson(target, body);
 }
 
-Status TestDevice::Enroll(const std::string& token) {
-  CUSTODY_ASSIGN_OR_RETURN(
-      agent::EnrollmentInProgress e,
-      agent::BeginEnrollment(*tpm_, token, tpm::EkType::kEcc, tpm::kDefaultCounterIndex));
+Status TestDevice::Enroll(const std::string& token, uint64_t counter_unit) {
+  CUSTODY_ASSIGN_OR_RETURN(agent::EnrollmentInProgress e,
+                           agent::BeginEnrollment(*tpm_, token, tpm::EkType::kEcc,
+                                                  tpm::kDefaultCounterIndex, counter_unit));
   CUSTODY_ASSIGN_OR_RETURN(
       protocol::EnrollBeginResponse challenge,
       (Expect<protocol::EnrollBeginResponse>(Post("/v1/enroll/begin", protocol::ToJson(e.request)),
@@ -133,16 +133,29 @@ Result<protocol::EventsResponse> TestDevice::Poll(uint64_t after, int wait_ms) {
   return Expect<protocol::EventsResponse>(client_->Send(req), protocol::ParseEventsResponse);
 }
 
-Result<nlohmann::json> TestDevice::UseAndReport(const std::string& model_id, uint64_t inferences,
-                                                const std::string& report_id) {
-  for (uint64_t i = 0; i < inferences; ++i) {
+Status TestDevice::AdvanceCounter(uint64_t blocks) {
+  for (uint64_t i = 0; i < blocks; ++i) {
     CUSTODY_RETURN_IF_ERROR(
         tpm_->IncrementCounter(identity_.counter_index, identity_.counter_auth).status());
   }
+  return OkStatus();
+}
+
+Result<nlohmann::json> TestDevice::UseAndReport(const std::string& model_id, uint64_t inferences,
+                                                const std::string& report_id) {
+  const uint64_t unit = identity_.counter_unit;
+  CUSTODY_RETURN_IF_ERROR(AdvanceCounter(inferences / unit + (inferences % unit != 0 ? 1 : 0)));
+  return Report(model_id, inferences, report_id, /*prepaid=*/0);
+}
+
+Result<nlohmann::json> TestDevice::Report(const std::string& model_id, uint64_t inferences,
+                                          const std::string& report_id, uint64_t prepaid,
+                                          std::optional<std::string> anomaly) {
   CUSTODY_ASSIGN_OR_RETURN(Bytes nonce, Nonce());
-  CUSTODY_ASSIGN_OR_RETURN(protocol::UsageRequest req,
-                           agent::MakeUsageReport(*tpm_, identity_, nonce, report_id,
-                                                  {{model_id, "kiosk", inferences}}));
+  CUSTODY_ASSIGN_OR_RETURN(
+      protocol::UsageRequest req,
+      agent::MakeUsageReport(*tpm_, identity_, nonce, report_id, {{model_id, "kiosk", inferences}},
+                             prepaid, std::move(anomaly)));
   return Expect<nlohmann::json>(Post("/v1/usage", protocol::ToJson(req)),
                                 [](std::string_view body) {
                                   return protocol::ParseJsonObject(body, 1 << 20, "usage answer");

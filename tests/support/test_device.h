@@ -24,15 +24,24 @@ class TestDevice {
                                                     Swtpm::Options tpm_options = {});
 
   // Both enrollment round trips; afterwards the client uses mutual TLS with the new certificate.
-  Status Enroll(const std::string& enrollment_token);
+  // `counter_unit`: requests per TPM counter increment (PROTOCOL.md §7).
+  Status Enroll(const std::string& enrollment_token, uint64_t counter_unit = 1);
 
   Result<Bytes> Nonce();
   // Nonce + quote + verified leases.
   Result<std::vector<protocol::LeasePayload>> Attest();
   Result<protocol::EventsResponse> Poll(uint64_t after, int wait_ms);
-  // Advances the TPM counter by `inferences` (one block) and reports them for `model_id`.
+  // Advances the TPM counter by the blocks `inferences` need (ceil(inferences / counter unit))
+  // and reports them for `model_id`, with nothing prepaid.
   Result<nlohmann::json> UseAndReport(const std::string& model_id, uint64_t inferences,
                                       const std::string& report_id);
+  // Advances the TPM counter by `blocks` increments.
+  Status AdvanceCounter(uint64_t blocks);
+  // Reports `inferences` for `model_id` with the counter as it is, claiming `prepaid` requests
+  // paid and not served, and an optional meter anomaly.
+  Result<nlohmann::json> Report(const std::string& model_id, uint64_t inferences,
+                                const std::string& report_id, uint64_t prepaid,
+                                std::optional<std::string> anomaly = std::nullopt);
   Result<nlohmann::json> RequestExtension(const std::string& licence_id, uint64_t requested);
   Result<SecretBuffer> Unwrap(const protocol::LeasePayload& lease);
 

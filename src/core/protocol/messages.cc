@@ -174,7 +174,8 @@ nlohmann::json ToJson(const EnrollCompleteRequest& m) {
           {"binding_certify", AttestationToJson(m.binding_certify)},
           {"counter_index", m.counter_index},
           {"counter_certify", AttestationToJson(m.counter_certify)},
-          {"tls_public_key", B64(m.tls_public_key)}};
+          {"tls_public_key", B64(m.tls_public_key)},
+          {"counter_unit", m.counter_unit}};
 }
 
 Result<EnrollCompleteRequest> ParseEnrollCompleteRequest(std::string_view body) {
@@ -182,7 +183,7 @@ Result<EnrollCompleteRequest> ParseEnrollCompleteRequest(std::string_view body) 
       body, "enrollment completion", [](const JsonObject& o, EnrollCompleteRequest& m) -> Status {
         CUSTODY_RETURN_IF_ERROR(o.RejectUnknown(
             {"enrollment_id", "activated_secret", "binding_public", "binding_certify",
-             "counter_index", "counter_certify", "tls_public_key"}));
+             "counter_index", "counter_certify", "tls_public_key", "counter_unit"}));
         CUSTODY_ASSIGN_OR_RETURN(m.enrollment_id, o.String("enrollment_id", kMaxIdBytes));
         CUSTODY_ASSIGN_OR_RETURN(m.activated_secret, o.Base64("activated_secret", 64));
         CUSTODY_ASSIGN_OR_RETURN(m.binding_public, o.Base64("binding_public", kMaxTpmStructBytes));
@@ -196,6 +197,10 @@ Result<EnrollCompleteRequest> ParseEnrollCompleteRequest(std::string_view body) 
         CUSTODY_ASSIGN_OR_RETURN(JsonObject counter, o.Object("counter_certify"));
         CUSTODY_ASSIGN_OR_RETURN(m.counter_certify, AttestationFromJson(counter));
         CUSTODY_ASSIGN_OR_RETURN(m.tls_public_key, o.Base64("tls_public_key", 512));
+        CUSTODY_ASSIGN_OR_RETURN(m.counter_unit, o.Uint("counter_unit", kMaxCounterUnit));
+        if (m.counter_unit < kMinCounterUnit) {
+          return o.FieldError("counter_unit", "must be at least 1 (requests per counter step)");
+        }
         return OkStatus();
       });
 }
@@ -274,8 +279,10 @@ nlohmann::json ToJson(const LeasePayload& m) {
           {"wrapped_dek", B64(m.wrapped_dek)},
           {"approvals", approvals},
           {"counter_limit", m.counter_limit},
+          {"counter_unit", m.counter_unit},
           {"not_after", m.not_after},
           {"offline_grace_ms", m.offline_grace_ms},
+          {"tpm_clock_ms", m.tpm_clock_ms},
           {"sequence", m.sequence},
           {"revocation_epoch", m.revocation_epoch},
           {"issued_at", m.issued_at}};
@@ -286,8 +293,8 @@ Result<LeasePayload> ParseLeasePayload(ByteSpan payload) {
       AsChars(payload), "lease", [](const JsonObject& o, LeasePayload& m) -> Status {
         CUSTODY_RETURN_IF_ERROR(o.RejectUnknown(
             {"lease_id", "device_id", "licence_id", "model_id", "model_name", "model_version",
-             "wrapped_dek", "approvals", "counter_limit", "not_after", "offline_grace_ms",
-             "sequence", "revocation_epoch", "issued_at"}));
+             "wrapped_dek", "approvals", "counter_limit", "counter_unit", "not_after",
+             "offline_grace_ms", "tpm_clock_ms", "sequence", "revocation_epoch", "issued_at"}));
         CUSTODY_ASSIGN_OR_RETURN(m.lease_id, o.String("lease_id", kMaxIdBytes));
         CUSTODY_ASSIGN_OR_RETURN(m.device_id, o.String("device_id", kMaxIdBytes));
         CUSTODY_ASSIGN_OR_RETURN(m.licence_id, o.String("licence_id", kMaxIdBytes));
@@ -302,8 +309,13 @@ Result<LeasePayload> ParseLeasePayload(ByteSpan payload) {
           m.approvals.push_back(std::move(p));
         }
         CUSTODY_ASSIGN_OR_RETURN(m.counter_limit, o.Uint("counter_limit"));
+        CUSTODY_ASSIGN_OR_RETURN(m.counter_unit, o.Uint("counter_unit", kMaxCounterUnit));
+        if (m.counter_unit < kMinCounterUnit) {
+          return o.FieldError("counter_unit", "must be at least 1 (requests per counter step)");
+        }
         CUSTODY_ASSIGN_OR_RETURN(m.not_after, o.String("not_after", 32));
         CUSTODY_ASSIGN_OR_RETURN(m.offline_grace_ms, o.Uint("offline_grace_ms"));
+        CUSTODY_ASSIGN_OR_RETURN(m.tpm_clock_ms, o.Uint("tpm_clock_ms"));
         CUSTODY_ASSIGN_OR_RETURN(m.sequence, o.Uint("sequence"));
         CUSTODY_ASSIGN_OR_RETURN(m.revocation_epoch, o.Uint("revocation_epoch"));
         CUSTODY_ASSIGN_OR_RETURN(m.issued_at, o.String("issued_at", 32));
@@ -400,32 +412,38 @@ nlohmann::json ToJson(const UsageRequest& m) {
   for (const auto& c : m.counts) {
     counts.push_back({{"model_id", c.model_id}, {"client", c.client}, {"count", c.count}});
   }
-  return {{"report_id", m.report_id},
-          {"nonce", B64(m.nonce)},
-          {"counter_certify", AttestationToJson(m.counter_certify)},
-          {"counts", counts}};
+  nlohmann::json j{{"report_id", m.report_id},
+                   {"nonce", B64(m.nonce)},
+                   {"counter_certify", AttestationToJson(m.counter_certify)},
+                   {"counts", counts},
+                   {"prepaid", m.prepaid}};
+  if (m.anomaly) j["anomaly"] = *m.anomaly;
+  return j;
 }
 
 Result<UsageRequest> ParseUsageRequest(std::string_view body) {
-  return ParseMessage<
-      UsageRequest>(body, "usage report", [](const JsonObject& o, UsageRequest& m) -> Status {
-    CUSTODY_RETURN_IF_ERROR(o.RejectUnknown({"report_id", "nonce", "counter_certify", "counts"}));
-    CUSTODY_ASSIGN_OR_RETURN(m.report_id, o.String("report_id", kMaxIdBytes));
-    if (m.report_id.empty()) return o.FieldError("report_id", "empty");
-    CUSTODY_ASSIGN_OR_RETURN(m.nonce, o.Base64("nonce", kMaxNonceBytes));
-    CUSTODY_ASSIGN_OR_RETURN(JsonObject certify, o.Object("counter_certify"));
-    CUSTODY_ASSIGN_OR_RETURN(m.counter_certify, AttestationFromJson(certify));
-    CUSTODY_ASSIGN_OR_RETURN(std::vector<JsonObject> counts, o.Objects("counts", kMaxCounts));
-    for (const JsonObject& c : counts) {
-      CUSTODY_RETURN_IF_ERROR(c.RejectUnknown({"model_id", "client", "count"}));
-      UsageRequest::Count count;
-      CUSTODY_ASSIGN_OR_RETURN(count.model_id, c.String("model_id", kMaxIdBytes));
-      CUSTODY_ASSIGN_OR_RETURN(count.client, c.String("client", 128));
-      CUSTODY_ASSIGN_OR_RETURN(count.count, c.Uint("count", uint64_t{1} << 48));
-      m.counts.push_back(std::move(count));
-    }
-    return OkStatus();
-  });
+  return ParseMessage<UsageRequest>(
+      body, "usage report", [](const JsonObject& o, UsageRequest& m) -> Status {
+        CUSTODY_RETURN_IF_ERROR(o.RejectUnknown(
+            {"report_id", "nonce", "counter_certify", "counts", "prepaid", "anomaly"}));
+        CUSTODY_ASSIGN_OR_RETURN(m.report_id, o.String("report_id", kMaxIdBytes));
+        if (m.report_id.empty()) return o.FieldError("report_id", "empty");
+        CUSTODY_ASSIGN_OR_RETURN(m.nonce, o.Base64("nonce", kMaxNonceBytes));
+        CUSTODY_ASSIGN_OR_RETURN(JsonObject certify, o.Object("counter_certify"));
+        CUSTODY_ASSIGN_OR_RETURN(m.counter_certify, AttestationFromJson(certify));
+        CUSTODY_ASSIGN_OR_RETURN(std::vector<JsonObject> counts, o.Objects("counts", kMaxCounts));
+        for (const JsonObject& c : counts) {
+          CUSTODY_RETURN_IF_ERROR(c.RejectUnknown({"model_id", "client", "count"}));
+          UsageRequest::Count count;
+          CUSTODY_ASSIGN_OR_RETURN(count.model_id, c.String("model_id", kMaxIdBytes));
+          CUSTODY_ASSIGN_OR_RETURN(count.client, c.String("client", 128));
+          CUSTODY_ASSIGN_OR_RETURN(count.count, c.Uint("count", uint64_t{1} << 48));
+          m.counts.push_back(std::move(count));
+        }
+        CUSTODY_ASSIGN_OR_RETURN(m.prepaid, o.Uint("prepaid"));
+        CUSTODY_ASSIGN_OR_RETURN(m.anomaly, o.OptionalString("anomaly", kMaxAnomalyBytes));
+        return OkStatus();
+      });
 }
 
 nlohmann::json ToJson(const ExtensionRequestMessage& m) {

@@ -60,6 +60,13 @@ struct EnrollBeginResponse {
 nlohmann::json ToJson(const EnrollBeginResponse& m);
 Result<EnrollBeginResponse> ParseEnrollBeginResponse(std::string_view body);
 
+// The metering unit (PROTOCOL.md §7): the device advances its TPM counter once per block of
+// `counter_unit` requests, so a counter value C pays for C x counter_unit requests. Chosen by the
+// device at enrollment and fixed for the life of the enrollment.
+inline constexpr uint64_t kMinCounterUnit = 1;
+inline constexpr uint64_t kMaxCounterUnit = 65536;
+inline constexpr size_t kMaxAnomalyBytes = 1024;
+
 // POST /v1/enroll/complete
 struct EnrollCompleteRequest {
   std::string enrollment_id;
@@ -69,6 +76,7 @@ struct EnrollCompleteRequest {
   uint32_t counter_index = 0;        // the NV counter the device defined (written at least once)
   tpm::Attestation counter_certify;  // TPM2_NV_Certify(counter, AK, certify_nonce): its start
   Bytes tls_public_key;              // SubjectPublicKeyInfo DER of the device's TLS key (P-256)
+  uint64_t counter_unit = 1;         // requests per counter increment, 1..kMaxCounterUnit
 };
 nlohmann::json ToJson(const EnrollCompleteRequest& m);
 Result<EnrollCompleteRequest> ParseEnrollCompleteRequest(std::string_view body);
@@ -111,9 +119,15 @@ struct LeasePayload {
   std::string model_version;
   Bytes wrapped_dek;  // ECIES to the binding key, context = LeaseDekContext(...)
   std::vector<tpm::ApprovedPolicy> approvals;  // the group's approved PCR states
-  uint64_t counter_limit = 0;     // the device may serve while its NV counter is below this
+  // In requests: the device may serve while its meter position (counter x counter_unit -
+  // unserved prepaid requests) is below this.
+  uint64_t counter_limit = 0;
+  uint64_t counter_unit = 1;      // the device's unit, as enrolled (requests per increment)
   std::string not_after;          // RFC 3339 UTC: wall-clock end of the licence
   uint64_t offline_grace_ms = 0;  // TPM-clock time the device may serve without the custodian
+  // The TPM clock (clockInfo.clock, ms) of the device's latest verified quote: the device may
+  // serve offline while its TPM clock is within [tpm_clock_ms, tpm_clock_ms + offline_grace_ms].
+  uint64_t tpm_clock_ms = 0;
   uint64_t sequence = 0;          // strictly increasing per device
   uint64_t revocation_epoch = 0;  // the device's epoch at issue; a later revocation is higher
   std::string issued_at;          // RFC 3339 UTC
@@ -171,6 +185,14 @@ struct UsageRequest {
     uint64_t count = 0;
   };
   std::vector<Count> counts;  // exact increments since the previous report, from the journal
+  // Requests the certified counter paid for beyond the meter position the counts of this report
+  // add up to (counter x unit - that position). It can exceed a block: a report sent again after
+  // the device served more. The custodian credits all of it: claiming more only lowers the
+  // device's own limit.
+  uint64_t prepaid = 0;
+  // A meter anomaly the device wants on record (clean text, at most kMaxAnomalyBytes), e.g. its
+  // journal was found behind its counter at start: a restored state directory.
+  std::optional<std::string> anomaly;
 };
 nlohmann::json ToJson(const UsageRequest& m);
 Result<UsageRequest> ParseUsageRequest(std::string_view body);

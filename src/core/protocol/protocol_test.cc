@@ -50,6 +50,121 @@ TEST(Messages, EnrollCompleteResponseRefusesAnOversizedLeaseKey) {
   EXPECT_FALSE(ParseEnrollCompleteResponse(ToJson(m).dump()).ok());
 }
 
+// A message that parses, for the tests that break one field of it.
+EnrollCompleteRequest ValidEnrollComplete() {
+  EnrollCompleteRequest m;
+  m.enrollment_id = "enr_1";
+  m.activated_secret = Bytes(32, 1);
+  m.binding_public = Bytes(90, 2);
+  m.binding_certify = {Bytes(40, 3), Bytes(24, 4)};
+  m.counter_index = 0x01000C57;
+  m.counter_certify = {Bytes(40, 5), Bytes(24, 6)};
+  m.tls_public_key = Bytes(91, 7);
+  m.counter_unit = 16;
+  return m;
+}
+
+UsageRequest ValidUsage() {
+  UsageRequest m;
+  m.report_id = "rep_1";
+  m.nonce = Bytes(40, 1);
+  m.counter_certify = {Bytes(40, 5), Bytes(24, 6)};
+  m.counts = {{"model", "kiosk", 3}};
+  m.prepaid = 13;
+  return m;
+}
+
+// The error of `r`, which must be kInvalidArgument naming `field`.
+template <typename T>
+void ExpectFieldRefused(const Result<T>& r, const std::string& field) {
+  ASSERT_FALSE(r.ok()) << "accepted with a bad " << field;
+  EXPECT_EQ(r.error().code(), StatusCode::kInvalidArgument) << r.error().ToString();
+  EXPECT_NE(r.error().message().find("'" + field + "'"), std::string::npos) << r.error().message();
+}
+
+TEST(Messages, EnrollCompleteRequestCarriesACounterUnitOf1To65536) {
+  EnrollCompleteRequest m = ValidEnrollComplete();
+  EXPECT_EQ(ParseEnrollCompleteRequest(ToJson(m).dump())->counter_unit, 16u);
+  for (uint64_t unit : {uint64_t{1}, uint64_t{65536}}) {
+    m.counter_unit = unit;
+    EXPECT_EQ(ParseEnrollCompleteRequest(ToJson(m).dump())->counter_unit, unit);
+  }
+  for (uint64_t unit : {uint64_t{0}, uint64_t{65537}, UINT64_MAX}) {
+    m.counter_unit = unit;
+    ExpectFieldRefused(ParseEnrollCompleteRequest(ToJson(m).dump()), "counter_unit");
+  }
+  nlohmann::json j = ToJson(ValidEnrollComplete());
+  j.erase("counter_unit");
+  ExpectFieldRefused(ParseEnrollCompleteRequest(j.dump()), "counter_unit");
+  j["counter_unit"] = -1;
+  ExpectFieldRefused(ParseEnrollCompleteRequest(j.dump()), "counter_unit");
+}
+
+TEST(Messages, UsageRequestRequiresPrepaidAndBoundsItAndTheAnomaly) {
+  UsageRequest m = ValidUsage();
+  Result<UsageRequest> parsed = ParseUsageRequest(ToJson(m).dump());
+  ASSERT_TRUE(parsed.ok()) << parsed.error().ToString();
+  EXPECT_EQ(parsed->prepaid, 13u);
+  EXPECT_FALSE(parsed->anomaly.has_value());
+  EXPECT_FALSE(ToJson(m).contains("anomaly")) << "absent, not null";
+
+  m.anomaly = "journal behind the counter at start (3 blocks)";
+  m.prepaid = uint64_t{1} << 40;  // a report sent again long after it was made
+  parsed = ParseUsageRequest(ToJson(m).dump());
+  ASSERT_TRUE(parsed.ok()) << parsed.error().ToString();
+  EXPECT_EQ(parsed->anomaly, m.anomaly);
+  EXPECT_EQ(parsed->prepaid, uint64_t{1} << 40);
+  nlohmann::json j = ToJson(ValidUsage());
+  j.erase("prepaid");
+  ExpectFieldRefused(ParseUsageRequest(j.dump()), "prepaid");
+  j["prepaid"] = "13";
+  ExpectFieldRefused(ParseUsageRequest(j.dump()), "prepaid");
+
+  m = ValidUsage();
+  m.anomaly = std::string(kMaxAnomalyBytes, 'a');
+  EXPECT_TRUE(ParseUsageRequest(ToJson(m).dump()).ok());
+  m.anomaly = std::string(kMaxAnomalyBytes + 1, 'a');
+  ExpectFieldRefused(ParseUsageRequest(ToJson(m).dump()), "anomaly");
+  m.anomaly = "two\nlines";  // a control character
+  ExpectFieldRefused(ParseUsageRequest(ToJson(m).dump()), "anomaly");
+  j = ToJson(ValidUsage());
+  j["anomaly"] = 7;
+  ExpectFieldRefused(ParseUsageRequest(j.dump()), "anomaly");
+}
+
+TEST(Messages, LeasePayloadCarriesTheCounterUnitAndTheTpmClock) {
+  LeasePayload l;
+  l.lease_id = "lease_1";
+  l.device_id = "dev_1";
+  l.licence_id = "lic_1";
+  l.model_id = "model";
+  l.model_name = "resnet";
+  l.model_version = "1.0";
+  l.wrapped_dek = Bytes(97, 1);
+  l.counter_limit = 16 * 100 + 50;
+  l.counter_unit = 16;
+  l.not_after = "2030-01-01T00:00:00Z";
+  l.offline_grace_ms = 3600000;
+  l.tpm_clock_ms = (uint64_t{1} << 40) + 3;
+  l.sequence = 2;
+  l.issued_at = "2026-06-01T00:00:00Z";
+  const std::string text = ToJson(l).dump();
+  Result<LeasePayload> parsed = ParseLeasePayload(AsBytes(text));
+  ASSERT_TRUE(parsed.ok()) << parsed.error().ToString();
+  EXPECT_EQ(parsed->counter_unit, 16u);
+  EXPECT_EQ(parsed->tpm_clock_ms, l.tpm_clock_ms);
+  EXPECT_EQ(parsed->counter_limit, 1650u);
+  for (const char* field : {"counter_unit", "tpm_clock_ms"}) {
+    nlohmann::json j = ToJson(l);
+    j.erase(field);
+    ExpectFieldRefused(ParseLeasePayload(AsBytes(j.dump())), field);
+  }
+  l.counter_unit = 0;
+  ExpectFieldRefused(ParseLeasePayload(AsBytes(ToJson(l).dump())), "counter_unit");
+  l.counter_unit = kMaxCounterUnit + 1;
+  ExpectFieldRefused(ParseLeasePayload(AsBytes(ToJson(l).dump())), "counter_unit");
+}
+
 std::vector<AuditEntry> ChainFrom(uint64_t first_seq, const crypto::Sha256Digest& anchor,
                                   size_t n) {
   AuditEntry before;

@@ -215,9 +215,20 @@ constexpr char kSchemaV2[] = R"sql(
 CREATE INDEX extensions_device ON extensions (device_id, licence_id);
 )sql";
 
+// Version 3: metering in request units (PROTOCOL.md §7, §14) and the TPM clock of the latest
+// verified quote (§12). A device enrolled before counted one request per counter step, so it
+// gets unit 1 and its meter position is its last certified counter.
+constexpr char kSchemaV3[] = R"sql(
+ALTER TABLE devices ADD COLUMN counter_unit INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE devices ADD COLUMN meter_position INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE devices ADD COLUMN attested_tpm_clock_ms INTEGER;
+UPDATE devices SET meter_position = COALESCE(last_counter, 0);
+)sql";
+
 constexpr Migration kMigrations[] = {
     {1, kSchemaV1},
     {2, kSchemaV2},
+    {3, kSchemaV3},
 };
 
 // Runs `fn` inside BEGIN IMMEDIATE ... COMMIT; rolls back if it fails.

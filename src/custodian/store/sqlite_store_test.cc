@@ -47,7 +47,8 @@ auto Tie(const DeviceRecord& d) {
   return std::tie(d.device_id, d.group, d.ek_public, d.ek_name, d.ak_public, d.binding_public,
                   d.counter_index, d.counter_name, d.tls_serial, d.tls_public_key, d.enrolled,
                   d.revoked, d.revoked_reason, d.last_counter, d.last_seen, d.lease_sequence,
-                  d.revocation_epoch, d.tofu_pcrs);
+                  d.revocation_epoch, d.tofu_pcrs, d.counter_unit, d.meter_position,
+                  d.attested_tpm_clock_ms);
 }
 auto Tie(const LicenceRecord& l) {
   return std::tie(l.licence_id, l.model_id, l.device_id, l.group, l.budget, l.used, l.not_after,
@@ -313,6 +314,9 @@ void SqliteStoreTest::RoundTripEverything(SqliteStore& store, const std::string&
   d2.lease_sequence = 7;
   d2.revocation_epoch = 3;
   d2.tofu_pcrs = {{0, Bytes(32, 1)}, {23, Bytes(32, 2)}};
+  d2.counter_unit = 65536;
+  d2.meter_position = UINT64_MAX - 1;
+  d2.attested_tpm_clock_ms = (1ull << 63) + 7;
   LicenceRecord l1 = MakeLicence("lic_1" + x, m1.model_id, d1.device_id, "");
   l1.budget = UINT64_MAX;
   l1.used = (1ull << 63) + 5;
@@ -462,6 +466,9 @@ TEST_F(SqliteStoreTest, PutsOfGroupsDevicesLicencesAndExtensionsReplaceByKey) {
   DeviceRecord d = MakeDevice("dev_1", "g");
   d.last_counter = 42;
   d.lease_sequence = 9;
+  d.counter_unit = 16;
+  d.meter_position = 42 * 16 - 3;
+  d.attested_tpm_clock_ms = 123456;
   LicenceRecord l = MakeLicence("lic_1", "m1", "dev_1", "");
   ExtensionRequest e{"ext_1", "dev_1", "lic_1",      10, "", ExtensionStatus::kPending,
                      0,       "",      std::nullopt, kT0};
@@ -1255,6 +1262,47 @@ TEST_F(SqliteStoreTest, MigrationsApplyInOrderAndAFailingOneChangesNothing) {
   EXPECT_EQ(RawExec(db.get(), "SELECT y FROM b"), SQLITE_OK);
   EXPECT_NE(RawExec(db.get(), "SELECT z FROM c"), SQLITE_OK);
   EXPECT_EQ(sqlite::Migrate(**c, std::span(v3).first(2)).value(), 2);
+}
+
+TEST_F(SqliteStoreTest, SchemaV3MetersExistingDevicesInUnitsOfOneFromTheirLastCounter) {
+  // A database of a custodian before metering units: schema version 2, two devices.
+  {
+    auto c = sqlite::Connection::Open(path_, {sqlite::ConnectionRole::kWriter});
+    ASSERT_TRUE(c.has_value()) << c.error().ToString();
+    ASSERT_EQ(sqlite::Migrate(**c, sqlite::Migrations().first(2)).value(), 2);
+  }
+  {
+    auto db = RawOpen();
+    std::string error;
+    ASSERT_EQ(RawExec(db.get(),
+                      "INSERT INTO device_groups VALUES ('g', '[0]', 0, 1, '[]', '[]', 0);"
+                      "INSERT INTO devices (device_id, group_name, ek_public, ek_name, ak_public, "
+                      "binding_public, counter_index, counter_name, tls_serial, tls_public_key, "
+                      "enrolled, revoked, revoked_reason, last_counter, last_seen, lease_sequence, "
+                      "revocation_epoch, tofu_pcrs) VALUES "
+                      "('dev_1', 'g', x'01', x'02', x'03', x'04', 1, x'05', 'a', x'06', 0, NULL, "
+                      "'', 41, NULL, 3, 0, '{}'), "
+                      "('dev_2', 'g', x'01', x'02', x'03', x'04', 1, x'05', 'b', x'06', 0, NULL, "
+                      "'', NULL, NULL, 0, 0, '{}')",
+                      &error),
+              SQLITE_OK)
+        << error;
+  }
+  auto store = OpenStore();
+  ASSERT_NE(store, nullptr);
+  DeviceRecord d1 = store->GetDevice("dev_1").value();
+  EXPECT_EQ(d1.counter_unit, 1u);
+  EXPECT_EQ(d1.meter_position, 41u) << "its leases keep the limit they had";
+  EXPECT_EQ(d1.attested_tpm_clock_ms, std::nullopt);
+  DeviceRecord d2 = store->GetDevice("dev_2").value();
+  EXPECT_EQ(d2.counter_unit, 1u);
+  EXPECT_EQ(d2.meter_position, 0u);
+  // And the migrated rows take the new fields.
+  d1.counter_unit = 4;
+  d1.meter_position = 160;
+  d1.attested_tpm_clock_ms = 5000;
+  ASSERT_TRUE(store->Transact([&](Transaction& tx) { return tx.PutDevice(d1); }).ok());
+  EXPECT_EQ(store->GetDevice("dev_1").value(), d1);
 }
 
 TEST_F(SqliteStoreTest, FilesThatAreNotCustodianDatabasesAreRefused) {

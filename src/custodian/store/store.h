@@ -120,6 +120,11 @@ struct DeviceRecord {
   uint64_t lease_sequence = 0;          // last lease sequence number issued (strictly increasing)
   uint64_t revocation_epoch = 0;        // bumped by every revocation that concerns the device
   std::map<uint32_t, Bytes> tofu_pcrs;  // first quoted state, when the group allows TOFU
+  uint64_t counter_unit = 1;            // requests per counter increment (fixed at enrollment)
+  // In requests: how far the device has certainly metered (highest certified counter x unit -
+  // the credited prepaid requests). Leases allow `meter_position + remaining`.
+  uint64_t meter_position = 0;
+  std::optional<uint64_t> attested_tpm_clock_ms;  // TPM clock of the latest verified quote
 };
 
 struct ExtensionPolicy {
@@ -149,7 +154,7 @@ struct LeaseRecord {
   std::string licence_id;
   std::string model_id;
   uint64_t sequence = 0;
-  uint64_t counter_limit = 0;
+  uint64_t counter_limit = 0;  // in requests, as in the lease (protocol::LeasePayload)
   TimePoint not_after{};
   uint64_t offline_grace_ms = 0;
   uint64_t revocation_epoch = 0;
