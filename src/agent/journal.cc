@@ -137,6 +137,14 @@ Status CheckRecord(const JournalState& s, const JournalRecord& r) {
                                " does not move past the last block, " + Num(s.last_block));
       }
       return OkStatus();
+    case JournalRecordType::kWrittenOff:
+      if (r.count == 0) return InvalidArgument("a written-off count of 0");
+      if (r.count > s.allowance()) {
+        return FailedPrecondition("writing off " + Num(r.count) +
+                                  " does not fit under the last block " + Num(s.last_block) + " (" +
+                                  Num(s.allowance()) + " left)");
+      }
+      return OkStatus();
     case JournalRecordType::kServed: {
       CUSTODY_RETURN_IF_ERROR(CheckName(r.model_id, "model id", kJournalMaxModelIdBytes));
       CUSTODY_RETURN_IF_ERROR(CheckName(r.client, "client name", kJournalMaxClientBytes));
@@ -164,6 +172,8 @@ void ApplyRecord(JournalState& s, const JournalRecord& r, const crypto::Sha256Di
   s.bytes += bytes;
   if (r.type == JournalRecordType::kBlock) {
     s.last_block = r.counter;
+  } else if (r.type == JournalRecordType::kWrittenOff) {
+    s.written_off += r.count;
   } else {
     s.served_total += r.count;
     s.served[{r.model_id, r.client}] += r.count;
@@ -180,6 +190,8 @@ Result<JournalRecord> DecodeRecord(ByteSpan record) {
   r.type = static_cast<JournalRecordType>(type);
   if (ok && r.type == JournalRecordType::kBlock) {
     ok = in.ReadU64(r.counter);
+  } else if (ok && r.type == JournalRecordType::kWrittenOff) {
+    ok = in.ReadU64(r.count);
   } else if (ok && r.type == JournalRecordType::kServed) {
     uint8_t model_len = 0, client_len = 0;
     ByteSpan model, client;
@@ -312,6 +324,7 @@ Result<Reconciliation> Reconcile(const JournalScan& scan, uint64_t tpm_counter, 
   r.last_block = s.last_block;
   r.last_seq = s.last_seq;
   r.served_total = s.served_total;
+  r.written_off = s.written_off;
   r.served = s.served;
   r.torn_tail_bytes = scan.torn_tail_bytes;
   r.torn_tail = scan.torn_tail;
@@ -354,6 +367,8 @@ JournalSnapshot Difference(uint64_t after_seq, const JournalState& later,
   JournalSnapshot out;
   out.after_seq = after_seq;
   out.through_seq = later.last_seq;
+  out.position = later.position();
+  out.last_block = later.last_block;
   for (const auto& [key, count] : later.served) {
     const auto before = earlier.find(key);
     const uint64_t more = count - (before == earlier.end() ? 0 : before->second);
@@ -400,6 +415,9 @@ void EncodeJournalRecord(const JournalRecord& record, crypto::Sha256Digest& chai
     case JournalRecordType::kBlock:
       length = kJournalBlockRecordBytes;
       break;
+    case JournalRecordType::kWrittenOff:
+      length = kJournalWrittenOffRecordBytes;
+      break;
     case JournalRecordType::kServed:
       if (record.model_id.size() > 255 || record.client.size() > 255) {
         Panic("EncodeJournalRecord: a name longer than its one-byte length field");
@@ -416,6 +434,8 @@ void EncodeJournalRecord(const JournalRecord& record, crypto::Sha256Digest& chai
   out.push_back(static_cast<uint8_t>(record.type));
   if (record.type == JournalRecordType::kBlock) {
     AppendBigEndian64(out, record.counter);
+  } else if (record.type == JournalRecordType::kWrittenOff) {
+    AppendBigEndian64(out, record.count);
   } else {
     AppendBigEndian64(out, record.count);
     out.push_back(static_cast<uint8_t>(record.model_id.size()));
@@ -435,7 +455,11 @@ Result<JournalScan> ScanJournal(ByteSpan file, std::string_view name, const Jour
 // ----- Journal -------------------------------------------------------------------------------
 
 Journal::Journal(std::string path, int fd, JournalState state)
-    : path_(std::move(path)), fd_(fd), tail_(state), durable_(std::move(state)) {}
+    : path_(std::move(path)),
+      fd_(fd),
+      id_(state.journal_id),
+      tail_(state),
+      durable_(std::move(state)) {}
 
 Journal::~Journal() { close(fd_); }
 
@@ -491,6 +515,13 @@ Status Journal::AppendServed(std::string_view model_id, std::string_view client,
   r.client = client;
   r.count = count;
   return Append(std::move(r), durability);
+}
+
+Status Journal::AppendWrittenOff(uint64_t count) {
+  JournalRecord r;
+  r.type = JournalRecordType::kWrittenOff;
+  r.count = count;
+  return Append(std::move(r), Durability::kSynced);
 }
 
 Status Journal::Sync() {

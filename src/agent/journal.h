@@ -5,7 +5,10 @@
 // append-only file of what was served, per model and client, that usage reports (PROTOCOL.md §14)
 // are made from. Two kinds of record:
 //   block   the agent advanced the TPM counter to C: requests may be served up to C;
-//   served  `count` requests of (model id, client) were served.
+//   served  `count` requests of (model id, client) were served;
+//   written off  `count` requests the counter paid for will never be served: the agent writes
+//           off what lies between a rolled-back journal and the counter, so that a restored older
+//           journal never gives budget back (the counts it lost are gone, the budget is not).
 // Counts are in counter units from `counter_base`, the counter's value when the journal was
 // created: the journal's position is counter_base + served. The journal enforces the order: a
 // served record must fit under the last block (position + count <= last block), so nothing is
@@ -96,9 +99,10 @@ namespace custody::agent {
 //   0  4  length of the whole record
 //   4  4  bitwise NOT of length (a torn or zeroed length field never passes for one)
 //   8  8  seq: 1 for the first record, then +1
-//  16  1  type: 1 block, 2 served
-//  17     block:  counter (8)
-//         served: count (8) ‖ model_id length (1) ‖ model_id ‖ client length (1) ‖ client
+//  16  1  type: 1 block, 2 served, 3 written off
+//  17     block:       counter (8)
+//         served:      count (8) ‖ model_id length (1) ‖ model_id ‖ client length (1) ‖ client
+//         written off: count (8)
 //  L-32 32 hash = SHA-256(previous hash ‖ bytes 0..L-32); the first record's previous hash is
 //          header_hash
 inline constexpr size_t kJournalHeaderBytes = 68;
@@ -108,6 +112,7 @@ inline constexpr size_t kJournalIdBytes = 16;
 inline constexpr size_t kJournalMaxModelIdBytes = 64;  // as protocol::UsageRequest accepts
 inline constexpr size_t kJournalMaxClientBytes = 128;  // as protocol::UsageRequest accepts
 inline constexpr size_t kJournalBlockRecordBytes = 57;
+inline constexpr size_t kJournalWrittenOffRecordBytes = 57;
 inline constexpr size_t kJournalServedRecordFixedBytes = 59;  // without the two names
 inline constexpr size_t kJournalMinRecordBytes = kJournalBlockRecordBytes;
 inline constexpr size_t kJournalMaxRecordBytes =
@@ -119,7 +124,7 @@ inline constexpr uint64_t kDefaultMeteringBlock = 16;
 
 using JournalId = std::array<uint8_t, kJournalIdBytes>;
 
-enum class JournalRecordType : uint8_t { kBlock = 1, kServed = 2 };
+enum class JournalRecordType : uint8_t { kBlock = 1, kServed = 2, kWrittenOff = 3 };
 
 struct JournalRecord {
   uint64_t seq = 0;
@@ -127,7 +132,7 @@ struct JournalRecord {
   uint64_t counter = 0;  // kBlock: the value the TPM counter was advanced to
   std::string model_id;  // kServed: 1..kJournalMaxModelIdBytes of clean UTF-8
   std::string client;    // kServed: 1..kJournalMaxClientBytes of clean UTF-8
-  uint64_t count = 0;    // kServed: at least 1
+  uint64_t count = 0;    // kServed, kWrittenOff: at least 1
 };
 
 struct UsageKey {
@@ -145,10 +150,11 @@ struct JournalState {
   crypto::Sha256Digest chain{};  // hash of the last record (header_hash if none)
   uint64_t last_block = 0;       // the last block's counter (counter_base if none)
   uint64_t served_total = 0;     // sum of all served counts
+  uint64_t written_off = 0;      // sum of all written-off counts
   UsageCounts served;            // the same per (model, client)
   uint64_t bytes = 0;            // header and verified records: where the next record goes
 
-  uint64_t position() const { return counter_base + served_total; }  // <= last_block
+  uint64_t position() const { return counter_base + served_total + written_off; }  // <= last_block
   uint64_t allowance() const { return last_block - position(); }
 };
 
@@ -198,17 +204,18 @@ struct Reconciliation {
   uint64_t last_block = 0;    // the last block's counter (counter_base if none)
   uint64_t last_seq = 0;
   uint64_t served_total = 0;  // requests recorded as served since the journal was created
+  uint64_t written_off = 0;   // requests written off since the journal was created
   UsageCounts served;         // the same per (model, client)
   // What Open cut off the end (0 and "" if the file ended cleanly).
   uint64_t torn_tail_bytes = 0;
   std::string torn_tail;
-  // T - (counter_base + served_total): counted by the TPM, never recorded as served.
+  // T - (counter_base + served_total + written_off): counted by the TPM, never recorded.
   uint64_t unaccounted = 0;
   // T - last_block: counter advances without a block record.
   uint64_t unrecorded_advance = 0;
   bool journal_behind_counter = false;  // unaccounted > 0: report it
   bool rollback_suspected = false;      // unrecorded_advance > block_size: report it
-  uint64_t budget_used = 0;             // max(T, counter_base + served_total)
+  uint64_t budget_used = 0;             // max(T, counter_base + served_total + written_off)
 };
 
 // Counts of served requests: of records with after_seq < seq <= through_seq.
@@ -217,6 +224,8 @@ struct JournalSnapshot {
   uint64_t through_seq = 0;  // the next report's after_seq
   UsageCounts counts;
   uint64_t total = 0;
+  uint64_t position = 0;    // counter_base + every served count through through_seq
+  uint64_t last_block = 0;  // the last block recorded through through_seq
 };
 
 struct OpenedJournal;
@@ -248,6 +257,9 @@ class Journal {
   // AppendBlock or Sync makes it durable.
   Status AppendServed(std::string_view model_id, std::string_view client, uint64_t count,
                       Durability durability = Durability::kSynced);
+  // Records that `count` requests the counter paid for will never be served (durable on return).
+  // kFailedPrecondition if they do not fit under the last block.
+  Status AppendWrittenOff(uint64_t count);
   // Makes every record written so far durable.
   Status Sync();
 
@@ -264,6 +276,7 @@ class Journal {
   Result<JournalSnapshot> SnapshotSince(uint64_t after_seq) const;
 
   const std::string& path() const { return path_; }
+  const JournalId& id() const { return id_; }
 
  private:
   struct Checkpoint {
@@ -280,6 +293,7 @@ class Journal {
 
   const std::string path_;
   const int fd_;
+  const JournalId id_;
   mutable std::mutex mu_;
   std::condition_variable synced_;
   JournalState tail_;     // with every record written to the file

@@ -710,7 +710,7 @@ Bytes Fields(uint8_t type, std::initializer_list<uint8_t> payload) {
 
 TEST_F(JournalTest, MalformedRecordsAreRefusedNamingTheOffset) {
   const std::pair<Bytes, const char*> cases[] = {
-      {Fields(3, {0, 0, 0, 0, 0, 0, 0x03, 0xf2}), "unknown type 3"},
+      {Fields(4, {0, 0, 0, 0, 0, 0, 0x03, 0xf2}), "unknown type 4"},
       {Fields(1, {0, 0, 0, 0, 0, 0, 0x03, 0xf2, 0}), "do not fill"},
       // count 1, a model of 5 bytes in a record with room for 3
       {Fields(2, {0, 0, 0, 0, 0, 0, 0, 1, 5, 'm', 1, 'c'}), "do not fill"},
@@ -834,6 +834,42 @@ TEST_F(JournalTest, RestoredOlderCopyIsReportedAsARollbackWithTheNumbers) {
                    .reconciliation.rollback_suspected);
 }
 
+TEST_F(JournalTest, WritingOffTheGapAfterARollbackGivesNoBudgetBackAcrossReopens) {
+  std::unique_ptr<Journal> j = MUST(Journal::Create(path_, kBase));
+  ASSERT_OK(j->AppendBlock(1010));
+  ASSERT_OK(j->AppendServed("m1", "kiosk", 10));
+  j.reset();
+  constexpr uint64_t kCounter = 1040;  // 30 more were paid for by a journal that is gone
+  OpenedJournal opened = MUST(Journal::Open(path_, kCounter, JournalOptions{kBlock}));
+  ASSERT_TRUE(opened.reconciliation.rollback_suspected);
+  ASSERT_OK(opened.journal->AppendBlock(kCounter));
+  ExpectError(opened.journal->AppendWrittenOff(31), StatusCode::kFailedPrecondition,
+              {"writing off 31", "30 left"});
+  ASSERT_OK(opened.journal->AppendWrittenOff(30));
+  EXPECT_EQ(opened.journal->allowance(), 0u);
+  ExpectError(opened.journal->AppendServed("m1", "kiosk", 1), StatusCode::kFailedPrecondition,
+              {"0 left"});
+  const JournalSnapshot snapshot = opened.journal->Snapshot();
+  EXPECT_EQ(snapshot.position, kCounter);
+  EXPECT_EQ(snapshot.counts, Counts({{{"m1", "kiosk"}, 10}})) << "written off is not served";
+  opened.journal.reset();
+
+  const Reconciliation r =
+      MUST(Journal::Open(path_, kCounter, JournalOptions{kBlock})).reconciliation;
+  EXPECT_FALSE(r.journal_behind_counter);
+  EXPECT_FALSE(r.rollback_suspected);
+  EXPECT_EQ(r.written_off, 30u);
+  EXPECT_EQ(r.served_total, 10u);
+  EXPECT_EQ(r.unaccounted, 0u);
+  // The record as FORMAT.md §10 gives it: type 3 and an 8-byte count.
+  const Bytes file = FileBytes(path_);
+  const std::vector<size_t> starts = RecordStarts(file);
+  ASSERT_EQ(starts.size(), 4u);
+  EXPECT_EQ(LoadBigEndian32(&file[starts[3]]), kJournalWrittenOffRecordBytes);
+  EXPECT_EQ(file[starts[3] + 16], 3);
+  EXPECT_EQ(LoadBigEndian64(&file[starts[3] + 17]), 30u);
+}
+
 TEST_F(JournalTest, CrashBetweenCounterAdvanceAndBlockRecordIsBehindButNoRollback) {
   ASSERT_NO_FATAL_FAILURE(WriteStandard(path_));
   // One advance of B without its block record: a crash.
@@ -889,6 +925,8 @@ TEST_F(JournalTest, SnapshotSinceCountsOnlyLaterRecordsAndSurvivesAReopen) {
   EXPECT_EQ(second.through_seq, 10u);
   EXPECT_EQ(second.counts, later);
   EXPECT_EQ(second.total, 9u);
+  EXPECT_EQ(second.position, first.position + 9);
+  EXPECT_EQ(second.last_block, kLastBlock + kBlock);
   const JournalSnapshot none = MUST(j.SnapshotSince(second.through_seq));
   EXPECT_TRUE(none.counts.empty());
   EXPECT_EQ(none.total, 0u);
