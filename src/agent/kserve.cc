@@ -168,15 +168,16 @@ Result<size_t> ParseHeaderLength(std::string_view text, size_t body_bytes) {
 // The raw JSON value of a field that JsonObject has already shown to be present.
 const json& Raw(const json& object, std::string_view key) { return *object.find(key); }
 
-// The "inputs" or "outputs" array (present): more than max_tensors entries is a limit, not a
-// malformed request.
+// The "inputs" or "outputs" array (present) of a request or response (`body`): more than
+// max_tensors entries is a limit, not a malformed body.
 Result<std::vector<protocol::JsonObject>> TensorList(const protocol::JsonObject& root,
                                                      const json& doc, std::string_view key,
+                                                     std::string_view body,
                                                      const KserveLimits& limits) {
   const json& raw = Raw(doc, key);
   if (raw.is_array() && raw.size() > limits.max_tensors) {
-    return ResourceExhausted("the request has " + std::to_string(raw.size()) + " " +
-                             std::string(key) + ", more than the " +
+    return ResourceExhausted("the " + std::string(body) + " has " + std::to_string(raw.size()) +
+                             " " + std::string(key) + ", more than the " +
                              std::to_string(limits.max_tensors) + " allowed");
   }
   return root.Objects(key, limits.max_tensors);
@@ -192,8 +193,19 @@ Result<bool> ParseRequestParameters(const protocol::JsonObject& root) {
   return params->Bool("binary_data_output");
 }
 
-struct InputHeader {
+// Where the tensors of a body are, and what messages call them.
+struct TensorListKind {
+  std::string_view key;   // "inputs"
+  std::string_view kind;  // "input"
+  std::string_view body;  // "request"
+};
+constexpr TensorListKind kRequestInputs{"inputs", "input", "request"};
+constexpr TensorListKind kResponseOutputs{"outputs", "output", "response"};
+
+// One tensor object of "inputs" (request) or "outputs" (response), before its data is read.
+struct TensorHeader {
   std::string name;
+  std::string what;  // "input 'x'", for messages
   DType dtype = DType::kFloat32;
   std::vector<int64_t> shape;
   size_t elements = 0;
@@ -229,13 +241,14 @@ Result<std::vector<int64_t>> ParseShape(const json& object, const protocol::Json
   return dims;
 }
 
-Result<InputHeader> ParseInputHeader(const protocol::JsonObject& input, const json& object,
-                                     const KserveLimits& limits) {
+Result<TensorHeader> ParseTensorHeader(const protocol::JsonObject& input, const json& object,
+                                       std::string_view kind, const KserveLimits& limits) {
   CUSTODY_RETURN_IF_ERROR(input.RejectUnknown({"name", "shape", "datatype", "parameters", "data"}));
-  InputHeader h;
+  TensorHeader h;
   CUSTODY_ASSIGN_OR_RETURN(h.name, input.String("name", kMaxTensorNameBytes));
   if (h.name.empty()) return input.FieldError("name", "must not be empty");
-  const std::string what = "input " + Quoted(h.name);
+  h.what = std::string(kind) + " " + Quoted(h.name);
+  const std::string& what = h.what;
   CUSTODY_ASSIGN_OR_RETURN(const std::string datatype, input.String("datatype", 32));
   auto dtype = ParseDatatype(datatype);
   if (!dtype) return dtype.error().WithContext(what);
@@ -279,24 +292,23 @@ Result<InputHeader> ParseInputHeader(const protocol::JsonObject& input, const js
 }
 
 // Checks that nested `data` follows the shape exactly from dimension `dim` on.
-Status CheckNested(const json& node, const InputHeader& h, size_t dim, const std::string& where,
+Status CheckNested(const json& node, const TensorHeader& h, size_t dim, const std::string& where,
                    const KserveLimits& limits) {
   if (dim == h.shape.size()) {
     if (node.is_array()) {
-      return InvalidArgument("input " + Quoted(h.name) + ": " + where + " is an array, but shape " +
+      return InvalidArgument(h.what + ": " + where + " is an array, but shape " +
                              ShapeText(h.shape) + " ends here; expected a value");
     }
     return OkStatus();
   }
   if (dim + 1 > limits.max_data_depth) {
-    return ResourceExhausted("input " + Quoted(h.name) + ": data nests deeper than the " +
+    return ResourceExhausted(h.what + ": data nests deeper than the " +
                              std::to_string(limits.max_data_depth) + " levels allowed");
   }
   if (!node.is_array() || node.size() != static_cast<size_t>(h.shape[dim])) {
     return InvalidArgument(
-        "input " + Quoted(h.name) + ": " + where + " must be an array of " +
-        std::to_string(h.shape[dim]) + " (dimension " + std::to_string(dim) + " of shape " +
-        ShapeText(h.shape) + "), got " +
+        h.what + ": " + where + " must be an array of " + std::to_string(h.shape[dim]) +
+        " (dimension " + std::to_string(dim) + " of shape " + ShapeText(h.shape) + "), got " +
         (node.is_array() ? "one of " + std::to_string(node.size()) : Found(node)));
   }
   for (size_t i = 0; i < node.size(); ++i) {
@@ -307,20 +319,19 @@ Status CheckNested(const json& node, const InputHeader& h, size_t dim, const std
 }
 
 // Stores the leaves of `node` in row-major order (structure already checked).
-Status StoreLeaves(const json& node, const InputHeader& h, Tensor& t, size_t& next) {
+Status StoreLeaves(const json& node, const TensorHeader& h, Tensor& t, size_t& next) {
   if (node.is_array()) {
     for (const json& child : node) CUSTODY_RETURN_IF_ERROR(StoreLeaves(child, h, t, next));
     return OkStatus();
   }
   const size_t index = next++;
-  auto where = [&] {
-    return "input " + Quoted(h.name) + ": data element " + std::to_string(index);
-  };
+  auto where = [&] { return h.what + ": data element " + std::to_string(index); };
   return StoreElement(node, h.dtype, t.data.data() + index * DTypeSize(h.dtype), where);
 }
 
-Status ReadJsonData(const json& data, const InputHeader& h, const KserveLimits& limits, Tensor& t) {
-  const std::string what = "input " + Quoted(h.name);
+Status ReadJsonData(const json& data, const TensorHeader& h, const KserveLimits& limits,
+                    Tensor& t) {
+  const std::string& what = h.what;
   if (!data.is_array()) {
     return InvalidArgument(what + ": 'data' must be an array, got " + Found(data));
   }
@@ -356,7 +367,7 @@ Result<std::vector<RequestedOutput>> ParseOutputs(const protocol::JsonObject& ro
   std::vector<RequestedOutput> out;
   if (!root.Has("outputs")) return out;
   CUSTODY_ASSIGN_OR_RETURN(std::vector<protocol::JsonObject> items,
-                           TensorList(root, doc, "outputs", limits));
+                           TensorList(root, doc, "outputs", "request", limits));
   std::set<std::string> seen;
   for (const protocol::JsonObject& item : items) {
     CUSTODY_RETURN_IF_ERROR(item.RejectUnknown({"name", "parameters"}));
@@ -377,6 +388,97 @@ Result<std::vector<RequestedOutput>> ParseOutputs(const protocol::JsonObject& ro
     out.push_back(std::move(o));
   }
   return out;
+}
+
+// A body split by its Inference-Header-Content-Length: the JSON document and the binary part
+// (a view into the body).
+struct SplitBody {
+  json doc;
+  std::string_view binary;
+};
+
+// Checks the body's size, splits it and parses the JSON part. `body_kind`: "request".
+Result<SplitBody> ParseBody(std::string_view body,
+                            std::optional<std::string_view> header_content_length,
+                            std::string_view body_kind, const KserveLimits& limits) {
+  if (body.size() > limits.max_body_bytes) {
+    return ResourceExhausted("infer " + std::string(body_kind) + " body is " +
+                             std::to_string(body.size()) + " bytes, more than the " +
+                             std::to_string(limits.max_body_bytes) + " allowed");
+  }
+  size_t json_bytes = body.size();
+  if (header_content_length) {
+    CUSTODY_ASSIGN_OR_RETURN(json_bytes, ParseHeaderLength(*header_content_length, body.size()));
+  }
+  SplitBody split;
+  split.binary = body.substr(json_bytes);
+  CUSTODY_ASSIGN_OR_RETURN(split.doc,
+                           protocol::ParseJsonObject(body.substr(0, json_bytes), body.size(),
+                                                     "infer " + std::string(body_kind)));
+  return split;
+}
+
+// The optional "id" of a request or response; "" when absent.
+Result<std::string> ParseId(const protocol::JsonObject& root) {
+  CUSTODY_ASSIGN_OR_RETURN(std::optional<std::string> id,
+                           root.OptionalString("id", kMaxRequestIdBytes));
+  return id.value_or("");
+}
+
+// Reads the tensors of a request's "inputs" or a response's "outputs" (the field must be
+// present), each from its JSON data or from the binary part, in order. The binary part must be
+// used up exactly. `has_header`: the body came with Inference-Header-Content-Length.
+Result<std::vector<Tensor>> ParseTensors(const protocol::JsonObject& root, const SplitBody& split,
+                                         const TensorListKind& list, bool has_header,
+                                         const KserveLimits& limits) {
+  if (!root.Has(list.key)) return root.FieldError(list.key, "missing");
+  const json& raw_items = Raw(split.doc, list.key);
+  CUSTODY_ASSIGN_OR_RETURN(std::vector<protocol::JsonObject> items,
+                           TensorList(root, split.doc, list.key, list.body, limits));
+  std::vector<Tensor> tensors;
+  tensors.reserve(items.size());
+  std::set<std::string> names;
+  size_t offset = 0;  // into split.binary
+  for (size_t i = 0; i < items.size(); ++i) {
+    const json& object = raw_items[i];
+    CUSTODY_ASSIGN_OR_RETURN(TensorHeader h,
+                             ParseTensorHeader(items[i], object, list.kind, limits));
+    const std::string& what = h.what;
+    if (!names.insert(h.name).second) {
+      return InvalidArgument(what + " appears twice; " + std::string(list.kind) +
+                             " names must be unique");
+    }
+    Tensor t;
+    t.name = h.name;
+    t.dtype = h.dtype;
+    t.shape = h.shape;
+    if (h.binary_size) {
+      if (!has_header) {
+        return InvalidArgument(what + ": binary_data_size given, but the " +
+                               std::string(list.body) + " has no " +
+                               std::string(kInferenceHeaderContentLength) + " header");
+      }
+      if (h.bytes > split.binary.size() - offset) {
+        return InvalidArgument("binary data truncated: " + what + " needs " +
+                               std::to_string(h.bytes) + " bytes at offset " +
+                               std::to_string(offset) + ", the binary part has " +
+                               std::to_string(split.binary.size() - offset) + " left");
+      }
+      const auto* start = reinterpret_cast<const uint8_t*>(split.binary.data()) + offset;
+      t.data.assign(start, start + h.bytes);
+      offset += h.bytes;
+      if (t.dtype == DType::kBool) CUSTODY_RETURN_IF_ERROR(CheckBoolBytes(t, what));
+    } else {
+      CUSTODY_RETURN_IF_ERROR(ReadJsonData(Raw(object, "data"), h, limits, t));
+    }
+    tensors.push_back(std::move(t));
+  }
+  if (offset != split.binary.size()) {
+    return InvalidArgument("the binary part is " + std::to_string(split.binary.size()) +
+                           " bytes, but the " + std::string(list.key) +
+                           "' binary_data_size add up to " + std::to_string(offset));
+  }
+  return tensors;
 }
 
 // ----- encoding ----------------------------------------------------------------------------
@@ -551,73 +653,40 @@ Result<DType> ParseDatatype(std::string_view datatype) {
 Result<InferRequest> ParseInferRequest(std::string_view body,
                                        std::optional<std::string_view> header_content_length,
                                        const KserveLimits& limits) {
-  if (body.size() > limits.max_body_bytes) {
-    return ResourceExhausted("infer request body is " + std::to_string(body.size()) +
-                             " bytes, more than the " + std::to_string(limits.max_body_bytes) +
-                             " allowed");
-  }
-  size_t json_bytes = body.size();
-  if (header_content_length) {
-    CUSTODY_ASSIGN_OR_RETURN(json_bytes, ParseHeaderLength(*header_content_length, body.size()));
-  }
-  const std::string_view binary = body.substr(json_bytes);
-  CUSTODY_ASSIGN_OR_RETURN(const json doc, protocol::ParseJsonObject(body.substr(0, json_bytes),
-                                                                     body.size(), "infer request"));
-  const protocol::JsonObject root(doc, "");
+  CUSTODY_ASSIGN_OR_RETURN(const SplitBody split,
+                           ParseBody(body, header_content_length, "request", limits));
+  const protocol::JsonObject root(split.doc, "");
   CUSTODY_RETURN_IF_ERROR(root.RejectUnknown({"id", "parameters", "inputs", "outputs"}));
 
   InferRequest request;
-  CUSTODY_ASSIGN_OR_RETURN(std::optional<std::string> id,
-                           root.OptionalString("id", kMaxRequestIdBytes));
-  request.id = id.value_or("");
+  CUSTODY_ASSIGN_OR_RETURN(request.id, ParseId(root));
   CUSTODY_ASSIGN_OR_RETURN(request.binary_data_output, ParseRequestParameters(root));
-
-  if (!root.Has("inputs")) return root.FieldError("inputs", "missing");
-  const json& raw_inputs = Raw(doc, "inputs");
-  CUSTODY_ASSIGN_OR_RETURN(std::vector<protocol::JsonObject> inputs,
-                           TensorList(root, doc, "inputs", limits));
-  if (inputs.empty()) return root.FieldError("inputs", "expected at least one input");
-
-  std::set<std::string> names;
-  size_t offset = 0;  // into `binary`
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    const json& object = raw_inputs[i];
-    CUSTODY_ASSIGN_OR_RETURN(InputHeader h, ParseInputHeader(inputs[i], object, limits));
-    const std::string what = "input " + Quoted(h.name);
-    if (!names.insert(h.name).second) {
-      return InvalidArgument(what + " appears twice; input names must be unique");
-    }
-    Tensor t;
-    t.name = h.name;
-    t.dtype = h.dtype;
-    t.shape = h.shape;
-    if (h.binary_size) {
-      if (!header_content_length) {
-        return InvalidArgument(what + ": binary_data_size given, but the request has no " +
-                               std::string(kInferenceHeaderContentLength) + " header");
-      }
-      if (h.bytes > binary.size() - offset) {
-        return InvalidArgument("binary data truncated: " + what + " needs " +
-                               std::to_string(h.bytes) + " bytes at offset " +
-                               std::to_string(offset) + ", the binary part has " +
-                               std::to_string(binary.size() - offset) + " left");
-      }
-      const auto* start = reinterpret_cast<const uint8_t*>(binary.data()) + offset;
-      t.data.assign(start, start + h.bytes);
-      offset += h.bytes;
-      if (t.dtype == DType::kBool) CUSTODY_RETURN_IF_ERROR(CheckBoolBytes(t, what));
-    } else {
-      CUSTODY_RETURN_IF_ERROR(ReadJsonData(Raw(object, "data"), h, limits, t));
-    }
-    request.inputs.push_back(std::move(t));
-  }
-  if (offset != binary.size()) {
-    return InvalidArgument("the binary part is " + std::to_string(binary.size()) +
-                           " bytes, but the inputs' binary_data_size add up to " +
-                           std::to_string(offset));
-  }
-  CUSTODY_ASSIGN_OR_RETURN(request.outputs, ParseOutputs(root, doc, limits));
+  CUSTODY_ASSIGN_OR_RETURN(request.inputs, ParseTensors(root, split, kRequestInputs,
+                                                        header_content_length.has_value(), limits));
+  if (request.inputs.empty()) return root.FieldError("inputs", "expected at least one input");
+  CUSTODY_ASSIGN_OR_RETURN(request.outputs, ParseOutputs(root, split.doc, limits));
   return request;
+}
+
+Result<InferResponse> ParseInferResponse(std::string_view body,
+                                         std::optional<std::string_view> header_content_length,
+                                         const KserveLimits& limits) {
+  CUSTODY_ASSIGN_OR_RETURN(const SplitBody split,
+                           ParseBody(body, header_content_length, "response", limits));
+  const protocol::JsonObject root(split.doc, "");
+  CUSTODY_RETURN_IF_ERROR(root.RejectUnknown({"model_name", "model_version", "id", "outputs"}));
+
+  InferResponse response;
+  CUSTODY_ASSIGN_OR_RETURN(response.model_name, root.String("model_name", kMaxModelNameBytes));
+  if (response.model_name.empty()) return root.FieldError("model_name", "must not be empty");
+  CUSTODY_ASSIGN_OR_RETURN(std::optional<std::string> version,
+                           root.OptionalString("model_version", kMaxModelNameBytes));
+  response.model_version = version.value_or("");
+  CUSTODY_ASSIGN_OR_RETURN(response.id, ParseId(root));
+  CUSTODY_ASSIGN_OR_RETURN(
+      response.outputs,
+      ParseTensors(root, split, kResponseOutputs, header_content_length.has_value(), limits));
+  return response;
 }
 
 Result<EncodedBody> EncodeInferResponse(const InferRequest& request, std::string_view model_name,
@@ -716,6 +785,23 @@ Result<std::string> EncodeModelMetadata(const ModelMetadata& metadata) {
 
 std::string EncodeErrorBody(const Status& status) {
   return json{{"error", status.message()}}.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+std::string ErrorMessageFromBody(std::string_view body) {
+  constexpr size_t kMaxErrorBodyBytes = 1 << 20;
+  if (body.size() <= kMaxErrorBodyBytes) {
+    Result<json> doc = protocol::ParseJsonObject(body, kMaxErrorBodyBytes, "error body");
+    if (doc) {
+      auto error = doc->find("error");
+      if (error != doc->end() && error->is_string()) return error->get<std::string>();
+    }
+  }
+  constexpr std::string_view kSpace = " \t\r\n";
+  const size_t first = body.find_first_not_of(kSpace);
+  if (first == std::string_view::npos) return "";
+  body = body.substr(first, body.find_last_not_of(kSpace) - first + 1);
+  if (body.size() <= kMaxRawErrorBytes) return std::string(body);
+  return std::string(body.substr(0, kMaxRawErrorBytes)) + "...";
 }
 
 Result<ModelRoute> ParseModelRoute(std::string_view path) {

@@ -4,11 +4,15 @@
 //
 // Pure logic: no sockets, no threads, no engine calls. The server hands it a request body (and
 // the Inference-Header-Content-Length header if present) and gets engine::Tensors; it hands back
-// engine::Tensors and gets a response body.
+// engine::Tensors and gets a response body. Clients (the CLI, tests, benchmarks) use the mirror
+// image: EncodeInferRequest, ParseInferResponse and ErrorMessageFromBody.
 //
 //   POST /v2/models/{name}[/versions/{v}]/infer     ParseInferRequest, EncodeInferResponse
+//                                                   (client: EncodeInferRequest,
+//                                                   ParseInferResponse)
 //   GET  /v2/models/{name}[/versions/{v}]           EncodeModelMetadata
 //   any error                                       EncodeErrorBody: {"error": "..."}
+//                                                   (client: ErrorMessageFromBody)
 //
 // Datatypes: BOOL, UINT8, INT8, INT32, INT64, FP16, FP32, FP64 (the engine's DTypes). UINT16,
 // UINT32, UINT64, INT16, BF16 and BYTES are refused with a message listing the supported ones.
@@ -112,6 +116,24 @@ Result<EncodedBody> EncodeInferResponse(const InferRequest& request, std::string
 // raw data when `binary_inputs`, otherwise as flat JSON data.
 Result<EncodedBody> EncodeInferRequest(const InferRequest& request, bool binary_inputs);
 
+struct InferResponse {
+  std::string model_name;
+  std::string model_version;            // "" when the response had none
+  std::string id;                       // "" when the response had none
+  std::vector<engine::Tensor> outputs;  // in response order, names unique
+};
+
+// Parses an infer response body (for clients): {"model_name", "model_version"?, "id"?,
+// "outputs": [...]}, each output with JSON "data" or, with the header, "parameters":
+// {"binary_data_size"} and its bytes in the binary part. The reading of tensors is the request
+// parser's, with the same strictness (unknown fields refused, datatypes, ranges, BOOL bytes, the
+// binary part used up exactly; nested data that follows the shape is accepted as in requests) and
+// the same limits; messages name "output 'y'". `header_content_length` is the raw value of the
+// response's Inference-Header-Content-Length header, nullopt when absent.
+Result<InferResponse> ParseInferResponse(std::string_view body,
+                                         std::optional<std::string_view> header_content_length,
+                                         const KserveLimits& limits = {});
+
 struct ModelMetadata {
   std::string name;
   std::vector<std::string> versions;
@@ -127,6 +149,12 @@ Result<std::string> EncodeModelMetadata(const ModelMetadata& metadata);
 
 // {"error": "<message>"}, the protocol's error body.
 std::string EncodeErrorBody(const Status& status);
+
+// The message of an error answer (for clients): the "error" string of an error body, or else the
+// body itself with surrounding white space trimmed, cut to kMaxRawErrorBytes ("..." appended).
+// Never fails; the text is as the server sent it (a terminal needs control characters replaced).
+inline constexpr size_t kMaxRawErrorBytes = 1000;
+std::string ErrorMessageFromBody(std::string_view body);
 
 // The KServe datatype name of a dtype ("FP32", "BOOL", ...) and its inverse; the inverse refuses
 // other names with the list of supported ones.

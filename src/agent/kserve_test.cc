@@ -537,6 +537,181 @@ TEST(KserveTest, ResponseRefusesWhatItCannotEncode) {
               StatusCode::kInvalidArgument, {"output 'short'"});
 }
 
+// ----- client side: response decoding --------------------------------------------------------
+
+Result<InferResponse> ParseEncoded(const EncodedBody& body, const KserveLimits& limits = {}) {
+  const std::optional<std::string> header =
+      body.json_bytes ? std::optional<std::string>(std::to_string(*body.json_bytes)) : std::nullopt;
+  return ParseInferResponse(body.body, header, limits);
+}
+
+TEST(KserveTest, ResponseDecodesEveryDtypeFromJsonOrBinaryData) {
+  std::vector<Tensor> outputs = EveryDtype();
+  for (const bool binary : {false, true}) {
+    SCOPED_TRACE(binary ? "binary data" : "JSON data");
+    if (binary) {
+      // NaN and infinities come back only as binary data.
+      outputs.push_back(Make<float>(
+          "nan", DType::kFloat32, {2},
+          {std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::infinity()}));
+    }
+    InferRequest request;
+    request.id = "req-7";
+    request.binary_data_output = binary;
+    const EncodedBody body = MUST(EncodeInferResponse(request, "resnet", "2", outputs));
+    EXPECT_EQ(body.json_bytes.has_value(), binary);
+    const InferResponse decoded = MUST(ParseEncoded(body));
+    EXPECT_EQ(decoded.model_name, "resnet");
+    EXPECT_EQ(decoded.model_version, "2");
+    EXPECT_EQ(decoded.id, "req-7");
+    ExpectSameTensors(outputs, decoded.outputs);
+  }
+  // No version, no id, no outputs: all allowed.
+  const InferResponse bare = MUST(ParseEncoded(MUST(EncodeInferResponse({}, "m", "", {}))));
+  EXPECT_EQ(bare.model_name, "m");
+  EXPECT_EQ(bare.model_version, "");
+  EXPECT_EQ(bare.id, "");
+  EXPECT_TRUE(bare.outputs.empty());
+}
+
+TEST(KserveTest, ResponseDecodesBinaryAndJsonOutputsInResponseOrder) {
+  const std::vector<Tensor> outputs = {
+      Make<float>("a", DType::kFloat32, {2}, {1.0f, std::numeric_limits<float>::quiet_NaN()}),
+      Make<int32_t>("b", DType::kInt32, {1}, {5}),
+      MakeBool("c", {3}, {1, 0, 1}),
+  };
+  InferRequest request;
+  request.binary_data_output = true;
+  request.outputs = {{"c", std::nullopt}, {"b", false}, {"a", std::nullopt}};
+  InferResponse decoded = MUST(ParseEncoded(MUST(EncodeInferResponse(request, "m", "", outputs))));
+  ExpectSameTensors({outputs[2], outputs[1], outputs[0]}, decoded.outputs);
+}
+
+TEST(KserveTest, ResponseBinaryPartMustMatchExactly) {
+  InferRequest request;
+  request.binary_data_output = true;
+  const std::vector<Tensor> outputs = {Make<int32_t>("x", DType::kInt32, {2}, {1, 2}),
+                                       Make<uint8_t>("y", DType::kUInt8, {3}, {7, 8, 9})};
+  const EncodedBody body = MUST(EncodeInferResponse(request, "m", "", outputs));
+  const size_t json_bytes = *body.json_bytes;
+  const std::string header = std::to_string(json_bytes);
+  // Cut at every length of the binary part: the output whose bytes are missing is named.
+  for (size_t cut = json_bytes; cut < body.body.size(); ++cut) {
+    auto r = ParseInferResponse(std::string_view(body.body).substr(0, cut), header);
+    ASSERT_FALSE(r.has_value()) << cut;
+    const bool in_x = cut - json_bytes < 8;
+    ExpectError(r.error(), StatusCode::kInvalidArgument,
+                {"binary data truncated", in_x ? "output 'x' needs 8 bytes at offset 0"
+                                               : "output 'y' needs 3 bytes at offset 8"});
+  }
+  auto extra = ParseInferResponse(body.body + "z", header);
+  ExpectError(extra.error(), StatusCode::kInvalidArgument,
+              {"binary part is 12 bytes", "outputs' binary_data_size add up to 11"});
+  // Binary outputs without the header: the JSON alone is not a valid body.
+  ExpectError(
+      ParseInferResponse(std::string_view(body.body).substr(0, json_bytes), std::nullopt).error(),
+      StatusCode::kInvalidArgument,
+      {"output 'x': binary_data_size given, but the response has no "
+       "Inference-Header-Content-Length header"});
+  ExpectError(ParseInferResponse(body.body, "x").error(), StatusCode::kInvalidArgument,
+              {"Inference-Header-Content-Length", "expected a decimal byte count"});
+  // A size that does not fit the shape.
+  std::string json_part = body.body.substr(0, json_bytes);
+  json_part.replace(json_part.find("\"binary_data_size\":8"), 20, "\"binary_data_size\":4");
+  ExpectError(
+      ParseInferResponse(json_part + body.body.substr(json_bytes), std::to_string(json_part.size()))
+          .error(),
+      StatusCode::kInvalidArgument, {"output 'x': binary_data_size is 4, expected 8"});
+  // BOOL bytes other than 0 and 1.
+  const std::string bools =
+      R"({"model_name":"m","outputs":[{"name":"m","datatype":"BOOL","shape":[2],)"
+      R"("parameters":{"binary_data_size":2}}]})";
+  ExpectError(
+      ParseInferResponse(bools + std::string("\x00\x05", 2), std::to_string(bools.size())).error(),
+      StatusCode::kInvalidArgument, {"output 'm': BOOL element 1 is byte 5"});
+}
+
+TEST(KserveTest, ResponseOverLimitsIsResourceExhausted) {
+  InferRequest request;
+  request.binary_data_output = true;
+  const std::vector<Tensor> outputs = {
+      Make<double>("big", DType::kFloat64, {4, 4}, std::vector<double>(16, 1.5))};
+  const EncodedBody binary = MUST(EncodeInferResponse(request, "m", "", outputs));
+  const EncodedBody json_data = MUST(EncodeInferResponse({}, "m", "", outputs));
+  KserveLimits limits;
+  limits.max_body_bytes = binary.body.size() - 1;
+  ExpectError(ParseEncoded(binary, limits).error(), StatusCode::kResourceExhausted,
+              {"infer response body is " + std::to_string(binary.body.size()) + " bytes"});
+  limits = {};
+  limits.max_tensor_elements = 15;
+  for (const EncodedBody* body : {&binary, &json_data}) {
+    ExpectError(ParseEncoded(*body, limits).error(), StatusCode::kResourceExhausted,
+                {"output 'big'", "16 elements, more than the 15 allowed"});
+  }
+  limits = {};
+  limits.max_tensors = 1;
+  const std::vector<Tensor> two = {outputs[0], Make<uint8_t>("u", DType::kUInt8, {1}, {1})};
+  ExpectError(ParseEncoded(MUST(EncodeInferResponse({}, "m", "", two)), limits).error(),
+              StatusCode::kResourceExhausted, {"the response has 2 outputs, more than the 1"});
+  limits = {};
+  limits.max_dims = 1;
+  ExpectError(ParseEncoded(binary, limits).error(), StatusCode::kResourceExhausted,
+              {"2 dimensions, more than the 1 allowed"});
+}
+
+TEST(KserveTest, ResponseWrongTypesAreRefusedWithTheirPath) {
+  const std::string good = R"({"name":"y","datatype":"FP32","shape":[1],"data":[1.5]})";
+  // Body, and what the message must say.
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {R"({"outputs":[)" + good + "]}", "field 'model_name': missing"},
+      {R"({"model_name":7,"outputs":[)" + good + "]}", "field 'model_name': expected a string"},
+      {R"({"model_name":"","outputs":[)" + good + "]}", "field 'model_name': must not be empty"},
+      {R"({"model_name":"m","model_version":2,"outputs":[)" + good + "]}",
+       "field 'model_version': expected a string"},
+      {R"({"model_name":"m","id":false,"outputs":[)" + good + "]}",
+       "field 'id': expected a string"},
+      {R"({"model_name":"m"})", "field 'outputs': missing"},
+      {R"({"model_name":"m","outputs":{}})", "field 'outputs': expected an array"},
+      {R"({"model_name":"m","outputs":[7]})", "field 'outputs[0]': expected an object"},
+      {R"({"model_name":"m","parameters":{},"outputs":[)" + good + "]}", "parameters"},
+      {R"({"model_name":"m","outputs":[{"name":"y","datatype":"FP32","shape":[1],"data":[1],)"
+       R"("classification":1}]})",
+       "classification"},
+      {R"({"model_name":"m","outputs":[{"name":"y","datatype":"STRING","shape":[1],"data":[1]}]})",
+       "output 'y': datatype 'STRING' is not supported"},
+      {R"({"model_name":"m","outputs":[{"name":"y","datatype":"INT8","shape":[1],"data":[1.5]}]})",
+       "output 'y': data element 0: expected an integer in [-128, 127] for INT8, got 1.5"},
+      {R"({"model_name":"m","outputs":[{"name":"y","datatype":"FP32","shape":[2],"data":[1]}]})",
+       "output 'y': 'data' has 1 elements, shape [2] needs 2"},
+      {R"({"model_name":"m","outputs":[{"name":"y","datatype":"BOOL","shape":[1],"data":[1]}]})",
+       "output 'y': data element 0: expected true or false"},
+      {R"({"model_name":"m","outputs":[{"name":"y","datatype":"FP32","shape":[-1],"data":[]}]})",
+       "output 'y': shape[0] must be a non-negative integer"},
+      {R"({"model_name":"m","outputs":[{"name":"y","datatype":"FP32","shape":[1]}]})",
+       "output 'y': missing 'data'"},
+      {R"({"model_name":"m","outputs":[)" + good + "," + good + "]}",
+       "output 'y' appears twice; output names must be unique"},
+      {"[]", "must be a JSON object"},
+      {"{", "not valid JSON"},
+  };
+  for (const auto& [body, expect] : cases) {
+    auto r = ParseInferResponse(body, std::nullopt);
+    ASSERT_FALSE(r.has_value()) << body;
+    ExpectError(r.error(), StatusCode::kInvalidArgument, {expect});
+  }
+}
+
+TEST(KserveTest, ErrorMessageIsTheErrorStringOrTheTrimmedBody) {
+  EXPECT_EQ(ErrorMessageFromBody(EncodeErrorBody(PermissionDenied("revoked: by the vendor"))),
+            "revoked: by the vendor");
+  EXPECT_EQ(ErrorMessageFromBody("  \r\nupstream went away\n"), "upstream went away");
+  EXPECT_EQ(ErrorMessageFromBody(""), "");
+  // Other shapes (the custodian's {"error": {...}}) come back as they are.
+  EXPECT_EQ(ErrorMessageFromBody(R"({"error":{"code":"x"}})"), R"({"error":{"code":"x"}})");
+  const std::string long_body(kMaxRawErrorBytes + 10, 'a');
+  EXPECT_EQ(ErrorMessageFromBody(long_body), std::string(kMaxRawErrorBytes, 'a') + "...");
+}
+
 // ----- metadata, errors, routes --------------------------------------------------------------
 
 TEST(KserveTest, MetadataListsTensorsWithDynamicDimensions) {

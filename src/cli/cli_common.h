@@ -59,5 +59,7 @@ void RegisterRunCommand(CLI::App& app, int& exit_code);
 void RegisterTpmCommands(CLI::App& app, int& exit_code);
 // custody admin …: the custodian's admin API (admin_commands.cc).
 void RegisterAdminCommands(CLI::App& app, int& exit_code);
+// custody infer, custody status: the local custody-agent's API (agent_commands.cc).
+void RegisterAgentCommands(CLI::App& app, int& exit_code);
 
 }  // namespace custody::cli

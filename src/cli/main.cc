@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
   custody::cli::RegisterRunCommand(app, exit_code);
   custody::cli::RegisterTpmCommands(app, exit_code);
   custody::cli::RegisterAdminCommands(app, exit_code);
+  custody::cli::RegisterAgentCommands(app, exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -103,4 +103,30 @@ expect 0 "expired models: sealing with a past date works" -- "$CUSTODY" seal mod
 expect 7 "an expired model is refused" -- "$CUSTODY" verify old.sealed --key old.dek --vendor-pub vendor.pub
 expect_err "expired at 2001-01-01T23:59:59Z" "expiry is named"
 
+
+# custody infer / custody status without an agent (end-to-end use against a real agent is tested
+# elsewhere): the socket is named, the exit code is 8 (unavailable), and local mistakes are found
+# before any connection.
+/usr/bin/python3 -c "import struct, sys
+h = \"{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }\"
+h += ' ' * (63 - 10 - len(h)) + '\\n'
+sys.stdout.buffer.write(b'\\x93NUMPY\\x01\\x00' + struct.pack('<H', len(h)) + h.encode() + struct.pack('<f', 1.0))" >in.npy
+expect 8 "infer without an agent is unavailable" -- "$CUSTODY" infer --socket "$WORK/none.sock" \
+  --model m --input in.npy
+expect_err "cannot connect to the agent at $WORK/none.sock" "infer names the socket"
+expect 8 "status without an agent is unavailable" -- "$CUSTODY" status --socket /nonexistent
+expect_err "cannot connect to the agent at /nonexistent" "status names the socket"
+expect 8 "the socket comes from CUSTODY_AGENT_SOCKET" -- env CUSTODY_AGENT_SOCKET="$WORK/env.sock" \
+  "$CUSTODY" status
+expect_err "$WORK/env.sock" "the socket from the environment is named"
+expect 2 "infer refuses a model name that is not a route" -- "$CUSTODY" infer --socket "$WORK/none.sock" \
+  --model a/b --input in.npy
+expect 3 "infer names a missing input" -- "$CUSTODY" infer --socket "$WORK/none.sock" --model m \
+  --input missing.npy
+expect_err "missing.npy" "the missing input is named"
+: >taken.npy
+expect 4 "infer refuses to overwrite an output before asking the agent" -- "$CUSTODY" infer \
+  --socket "$WORK/none.sock" --model m --input in.npy --output taken.npy
+expect 2 "infer needs --model" -- "$CUSTODY" infer --input in.npy
+
 finish
