@@ -1,0 +1,122 @@
+#include "agent/state.h"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+
+#include "core/base/file.h"
+#include "tests/support/must.h"
+
+namespace custody::agent {
+namespace {
+
+class StateDirTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/custody-state-test.XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    root_ = tmpl;
+  }
+  void TearDown() override { std::filesystem::remove_all(root_); }
+  std::string root_;
+};
+
+DeviceIdentity SampleIdentity() {
+  DeviceIdentity id;
+  id.device_id = "dev_0123";
+  id.ak = {Bytes{1, 2, 3}, Bytes{4, 5}};
+  id.binding = {Bytes{6}, Bytes{7, 8}};
+  id.counter_index = 0x01000C57;
+  id.counter_auth = Bytes(32, 9);
+  id.counter_unit = 4;
+  id.pcr_selection = {0, 2, 4, 7};
+  id.lease_public = Bytes(32, 1);
+  id.policy_public = Bytes(65, 4);
+  id.ca_certificate_pem = "-----BEGIN CERTIFICATE-----\nQ0E=\n-----END CERTIFICATE-----\n";
+  id.certificate_pem = "-----BEGIN CERTIFICATE-----\nREVW\n-----END CERTIFICATE-----\n";
+  return id;
+}
+
+TEST_F(StateDirTest, IdentityStateAndLeasesRoundTripInOwnerOnlyFiles) {
+  const std::string path = root_ + "/state";
+  StateDir dir = MUST(StateDir::Create(path));
+  struct stat st {};
+  ASSERT_EQ(stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+  EXPECT_FALSE(dir.enrolled());
+  EXPECT_EQ(dir.LoadIdentity().error().code(), StatusCode::kNotFound);
+
+  ASSERT_OK(dir.SaveIdentity(SampleIdentity()));
+  ASSERT_EQ(stat((path + "/identity.json").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  const DeviceIdentity id = MUST(dir.LoadIdentity());
+  EXPECT_EQ(id.device_id, "dev_0123");
+  EXPECT_EQ(id.ak.private_area, (Bytes{4, 5}));
+  EXPECT_EQ(id.counter_auth, Bytes(32, 9));
+  EXPECT_EQ(id.counter_unit, 4u);
+  EXPECT_EQ(id.pcr_selection, (std::vector<uint32_t>{0, 2, 4, 7}));
+  EXPECT_EQ(id.certificate_pem, SampleIdentity().certificate_pem);
+  EXPECT_EQ(StateDir::Create(path).error().code(), StatusCode::kAlreadyExists);
+
+  AgentState s = MUST(dir.LoadState());  // none yet: fresh
+  EXPECT_EQ(s.book.max_sequence, 0u);
+  s.book.max_sequence = 7;
+  s.book.revocation_epoch = 2;
+  s.book.held["lic_a"] = 7;
+  s.book.revoked.push_back(
+      {"licence", "lic_b", "ended", "2027-01-01T00:00:00Z", 2, {"m2"}, {"resnet"}});
+  s.events_after = 12;
+  s.report_cursor = 40;
+  s.report_journal = "00ff";
+  s.pending_report = PendingReport{"rep_1", 40, 52, 300, {{"m1", "uid:1000", 12}}};
+  ASSERT_OK(dir.SaveState(s));
+  const AgentState back = MUST(dir.LoadState());
+  EXPECT_EQ(back.book.held.at("lic_a"), 7u);
+  ASSERT_EQ(back.book.revoked.size(), 1u);
+  EXPECT_EQ(back.book.revoked[0].model_ids, std::vector<std::string>{"m2"});
+  ASSERT_TRUE(back.pending_report.has_value());
+  EXPECT_EQ(back.pending_report->position, 300u);
+  EXPECT_EQ(back.pending_report->counts.at(0).client, "uid:1000");
+  EXPECT_EQ(StateToJson(back), StateToJson(s));
+
+  ASSERT_OK(dir.SaveLeases({nlohmann::json{{"type", "custody.lease.v1"}}}));
+  EXPECT_EQ(MUST(dir.LoadLeases()).size(), 1u);
+}
+
+TEST_F(StateDirTest, CorruptFilesAreDataLossNamingTheFileAndField) {
+  StateDir dir = MUST(StateDir::Create(root_ + "/state"));
+  ASSERT_OK(dir.SaveIdentity(SampleIdentity()));
+  nlohmann::json j = IdentityToJson(SampleIdentity());
+  j["counter_unit"] = 0;
+  Result<DeviceIdentity> bad = IdentityFromJson(j.dump(), "identity.json");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().code(), StatusCode::kDataLoss);
+  EXPECT_NE(bad.error().message().find("identity.json: field 'counter_unit'"), std::string::npos)
+      << bad.error().message();
+  EXPECT_EQ(StateFromJson("{\"version\": 1}", "state.json").error().code(), StatusCode::kDataLoss);
+  EXPECT_EQ(StateFromJson("not json", "state.json").error().code(), StatusCode::kDataLoss);
+  nlohmann::json unknown = StateToJson({});
+  unknown["extra"] = 1;
+  EXPECT_NE(StateFromJson(unknown.dump(), "state.json").error().message().find("extra"),
+            std::string::npos);
+  ASSERT_OK(WriteFileAtomic(root_ + "/state/leases.json", AsBytes(std::string("{\"leases\": 3}")),
+                            WriteOptions{0600, Overwrite::kAllow}));
+  EXPECT_EQ(dir.LoadLeases().error().code(), StatusCode::kDataLoss);
+}
+
+TEST_F(StateDirTest, DirectoryOthersCanWriteToIsRefused) {
+  const std::string path = root_ + "/open";
+  ASSERT_EQ(mkdir(path.c_str(), 0777), 0);
+  ASSERT_EQ(chmod(path.c_str(), 0777), 0);
+  Result<StateDir> dir = StateDir::Open(path);
+  ASSERT_FALSE(dir.ok());
+  EXPECT_EQ(dir.error().code(), StatusCode::kPermissionDenied);
+  EXPECT_NE(dir.error().message().find("mode 0777"), std::string::npos) << dir.error().message();
+  EXPECT_EQ(StateDir::Open(root_ + "/missing").error().code(), StatusCode::kNotFound);
+  EXPECT_EQ(StateDir::Create("relative").error().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(StateDir::Create(root_ + "/no/parent").error().code(), StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace custody::agent
