@@ -19,6 +19,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   # test-time model generation (run with /usr/bin/python3, see tests/models)
   python3 python3-torch python3-torchvision python3-numpy python3-onnx python3-cryptography
+  # tests: a system clock the agent's tests can move without touching the machine's
+  libfaketime
   # misc used by scripts
   xxd procps
 )

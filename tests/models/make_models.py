@@ -15,6 +15,10 @@ fixed seed; no network access, no pretrained weights):
                      stored verbatim in that file, concatenated; <file>.needles.txt names them, one
                      per line. The memory-hygiene tests search process memory for them.
     input.npy        a fixed 1x3x224x224 float32 input
+    tiny.pt          TorchScript: a 16 -> 4 linear layer whose weights hold a 64-byte marker
+                     (tiny.pt.marker), for the agent's latency benchmark and for the tests that
+                     look for the model's plaintext on disk and in the agent's files
+    tiny_input.npy   a fixed 1x16 float32 input for it
 
 The outputs are deterministic for a given torch version. Existing files are kept unless
 --force is given, so a ctest fixture can call this on every run cheaply.
@@ -34,7 +38,7 @@ NEEDLE_BYTES = 64
 
 
 def outputs_for(out_dir):
-    files = ["input.npy"]
+    files = ["input.npy", "tiny.pt", "tiny.pt.marker", "tiny_input.npy"]
     for name in MODELS:
         for ext in (".pt", ".onnx"):
             files += [name + ext, name + ext + ".needles", name + ext + ".needles.txt"]
@@ -206,6 +210,46 @@ def make(out_dir):
         print(f"wrote {name}.pt, {name}.onnx and their needles")
 
 
+# 64 bytes no other file holds: the tiny model's first weights are these bytes read as floats.
+TINY_MARKER = b"CUSTODY-PLAINTEXT-MARKER:tiny-model-weights-must-never-reach-disk"[:64]
+
+
+def make_tiny(out_dir):
+    import numpy as np
+    import torch
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.linear(x)
+
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    with torch.no_grad():
+        marker = np.frombuffer(TINY_MARKER, dtype=np.float32).copy()
+        model.linear.weight.view(-1)[: marker.size] = torch.from_numpy(marker)
+    example = torch.randn(1, 16, dtype=torch.float32)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, example)
+    archive = io.BytesIO()
+    torch.jit.save(traced, archive)
+    data = archive.getvalue()
+    if TINY_MARKER not in data:
+        raise SystemExit("tiny.pt does not hold its marker verbatim")
+    atomic_write(os.path.join(out_dir, "tiny.pt"), lambda p: write_bytes(p, data))
+    atomic_write(os.path.join(out_dir, "tiny.pt.marker"), lambda p: write_bytes(p, TINY_MARKER))
+
+    def save_input(path):
+        with open(path, "wb") as f:
+            np.save(f, example.numpy(), allow_pickle=False)
+
+    atomic_write(os.path.join(out_dir, "tiny_input.npy"), save_input)
+    print("wrote tiny.pt, its marker and tiny_input.npy")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out_dir")
@@ -216,6 +260,7 @@ def main():
         print("models present in", args.out_dir, "(use --force to regenerate)")
         return 0
     make(args.out_dir)
+    make_tiny(args.out_dir)
     return 0
 
 
