@@ -99,9 +99,14 @@ void CustodianLink::Stop() {
   if (maintenance_thread_.joinable()) maintenance_thread_.join();
 }
 
-bool CustodianLink::WaitUntil(steady_clock::time_point deadline) {
+bool CustodianLink::WaitUntil(steady_clock::time_point deadline, Backoff& b) {
   std::unique_lock lock(mu_);
-  wake_.wait_until(lock, deadline, [this] { return stopping_; });
+  wake_.wait_until(lock, deadline, [&] { return stopping_ || b.poked; });
+  if (b.poked) {
+    b.poked = false;
+    b.delay = milliseconds(0);
+    b.next = {};
+  }
   return !stopping_;
 }
 
@@ -122,7 +127,12 @@ void CustodianLink::Failed(Backoff& b, const Status& s, std::string_view what) {
   connected_ = false;
 }
 
-void CustodianLink::Succeeded(Backoff& b) {
+void CustodianLink::Succeeded(Backoff& b, Backoff& other) {
+  if (b.delay.count() > 0) {
+    std::lock_guard lock(mu_);
+    other.poked = true;
+    wake_.notify_all();
+  }
   b.delay = milliseconds(0);
   b.next = {};
   std::lock_guard lock(status_mu_);
@@ -142,8 +152,8 @@ void CustodianLink::ReadClock() {
 // ----- events -----------------------------------------------------------------------------
 
 void CustodianLink::EventsLoop() {
-  Backoff backoff;
-  while (WaitUntil(backoff.next)) {
+  Backoff& backoff = events_backoff_;
+  while (WaitUntil(backoff.next, backoff)) {
     const uint64_t after = state_.Get().events_after;
     ClientRequest req;
     req.target = "/v1/events?after=" + std::to_string(after) +
@@ -157,7 +167,7 @@ void CustodianLink::EventsLoop() {
       Failed(backoff, events.error(), "event poll");
       continue;
     }
-    Succeeded(backoff);
+    Succeeded(backoff, maintenance_backoff_);
     for (const protocol::Event& e : events->events) {
       if (e.type == "revocation") {
         Result<std::string> applied = leases_.ApplyRevocation(e.document);
@@ -197,10 +207,10 @@ bool CustodianLink::NeedsAttestation() const {
 }
 
 void CustodianLink::MaintenanceLoop() {
-  Backoff backoff;
+  Backoff& backoff = maintenance_backoff_;
   steady_clock::time_point next_tick = steady_clock::now();
   last_report_ = steady_clock::now();
-  while (WaitUntil(next_tick)) {
+  while (WaitUntil(next_tick, backoff)) {
     next_tick = steady_clock::now() + options_.tick;
     ReadClock();
     if (steady_clock::now() - last_retry_ > std::chrono::seconds(30)) {
@@ -224,7 +234,7 @@ void CustodianLink::MaintenanceLoop() {
       s = RequestExtensions(*client_);
     }
     if (s.ok()) {
-      if (!what.empty()) Succeeded(backoff);
+      if (!what.empty()) Succeeded(backoff, events_backoff_);
     } else {
       Failed(backoff, s, what);
     }

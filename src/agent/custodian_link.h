@@ -72,17 +72,23 @@ class CustodianLink {
   nlohmann::json Describe() const;
 
  private:
+  // Each thread backs off on its own; when one reaches the custodian again after failing, it
+  // clears the other's backoff (`poked`), so a revocation or a lease does not wait out a backoff
+  // grown while the custodian was down.
   struct Backoff {
     std::chrono::steady_clock::time_point next{};
     std::chrono::milliseconds delay{0};
+    bool poked = false;  // guarded by mu_
   };
 
   void EventsLoop();
   void MaintenanceLoop();
-  // Waits until `deadline` or Stop; false when stopping.
-  bool WaitUntil(std::chrono::steady_clock::time_point deadline);
+  // Waits until `deadline`, Stop, or a poke of `b` (which clears its backoff); false when
+  // stopping.
+  bool WaitUntil(std::chrono::steady_clock::time_point deadline, Backoff& b);
   void Failed(Backoff& b, const Status& s, std::string_view what);
-  void Succeeded(Backoff& b);
+  // `b` reached the custodian; if it had been failing, `other` retries now.
+  void Succeeded(Backoff& b, Backoff& other);
   void ReadClock();
   Status Attest(custodian::http::Client& client);
   Status Report(custodian::http::Client& client);
@@ -105,6 +111,8 @@ class CustodianLink {
   std::unique_ptr<custodian::http::Client> client_;
   std::thread events_thread_;
   std::thread maintenance_thread_;
+  Backoff events_backoff_;       // events thread only, but for `poked`
+  Backoff maintenance_backoff_;  // maintenance thread only, but for `poked`
 
   // Maintenance thread only.
   bool force_attest_ = true;  // at start: attest at once

@@ -430,6 +430,8 @@ void PrintStatus(const json& s) {
   if (models.is_array() && !models.empty()) {
     std::printf("models:\n");
     for (const json& m : models) PrintModel(m);
+  } else if (s.value("device_revoked", false)) {
+    std::printf("models:       none (the device is revoked; its models were wiped)\n");
   } else {
     std::printf(
         "models:       none (no lease yet: the agent has not attested, or no licence "

@@ -244,6 +244,16 @@ void OfflineGraceScenario(
   ASSERT_OK(world.StartCustodian());
   EXPECT_TRUE(WaitUntil([&] { return MUST(Infer(client, world.model_name())).status == 200; }, 60s))
       << agent.Log();
+  // Back online, the event long-poll is held again at once (not after a backoff grown while the
+  // custodian was down): the stop switch still acts within a second.
+  std::this_thread::sleep_for(300ms);
+  const auto revoked_at = Clock::now();
+  MUST(world.Admin("POST", "/v1/admin/revocations",
+                   {{"scope", "licence"}, {"id", world.licence_id()}, {"reason", "after outage"}}));
+  EXPECT_TRUE(
+      WaitUntil([&] { return MUST(Infer(client, world.model_name())).status != 200; }, 20s));
+  const double stop = std::chrono::duration<double>(Clock::now() - revoked_at).count();
+  EXPECT_LT(stop, 1.0) << "the stop switch took " << stop << " s after the outage\n" << agent.Log();
 }
 
 TEST_F(AgentE2eTest, CustodianDownServesWithinGraceThenRefusesThenRecovers) {
