@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "custodian/http/router.h"
+
 namespace custody::agent {
 namespace {
 
@@ -39,32 +41,11 @@ std::string_view Path(std::string_view target) {
 }  // namespace
 
 int HttpStatusFor(StatusCode code) {
-  switch (code) {
-    case StatusCode::kOk:
-      return 200;
-    case StatusCode::kInvalidArgument:
-    case StatusCode::kOutOfRange:
-      return 400;
-    case StatusCode::kUnauthenticated:
-      return 401;
-    case StatusCode::kPermissionDenied:
-      return 403;
-    case StatusCode::kNotFound:
-      return 404;
-    case StatusCode::kAlreadyExists:
-    case StatusCode::kFailedPrecondition:
-      return 409;
-    case StatusCode::kResourceExhausted:
-      return 413;
-    case StatusCode::kUnimplemented:
-      return 501;
-    case StatusCode::kUnavailable:
-      return 503;
-    case StatusCode::kDeadlineExceeded:
-      return 504;
-    default:
-      return 500;
-  }
+  if (code == StatusCode::kOk) return 200;
+  // What the KServe codec refuses as too large is the request's own size (413); a full queue is
+  // answered 429 where it happens.
+  if (code == StatusCode::kResourceExhausted) return 413;
+  return custodian::http::HttpStatusFor(code);
 }
 
 InferenceApi::InferenceApi(LeaseManager& leases, Meter& meter, StatusProvider status,

@@ -24,6 +24,7 @@
 
 // After asio.h, which sets the configuration every Asio user must agree on.
 #include "custodian/http/asio.h"
+#include "custodian/http/header_rules.h"
 // clang-format off
 #include <boost/asio/local/stream_protocol.hpp>
 // clang-format on
@@ -42,6 +43,8 @@ using UnixStream = asio::local::stream_protocol;
 using Clock = std::chrono::steady_clock;
 using ErrorCode = boost::system::error_code;
 using Parser = bhttp::request_parser<bhttp::string_body>;
+using custodian::http::IsHeaderName;
+using custodian::http::IsHeaderValue;
 
 // How long Stop waits for the I/O threads to close the listeners, and for connections to end
 // once they were closed by force.
@@ -64,8 +67,6 @@ constexpr size_t kEagerBodyBytes = 1 << 20;
 // Retry-After of a 503 answer.
 constexpr std::string_view kRetryAfterSeconds = "1";
 // Bounds on handler-supplied header fields.
-constexpr size_t kMaxHeaderNameBytes = 256;
-constexpr size_t kMaxHeaderValueBytes = 8192;
 constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 
 auto Redirect(ErrorCode& ec) { return asio::redirect_error(asio::use_awaitable, ec); }
@@ -85,21 +86,6 @@ class UniqueFd {
  private:
   int fd_;
 };
-
-bool IsTokenChar(char c) {
-  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-         std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
-}
-
-bool IsHeaderName(std::string_view s) {
-  return !s.empty() && s.size() <= kMaxHeaderNameBytes &&
-         std::all_of(s.begin(), s.end(), IsTokenChar);
-}
-
-bool IsHeaderValue(std::string_view s) {
-  return s.size() <= kMaxHeaderValueBytes &&
-         std::none_of(s.begin(), s.end(), [](char c) { return c == '\r' || c == '\n' || c == 0; });
-}
 
 // Errors that mean the peer went away or we closed the connection: no answer is possible.
 bool IsDisconnect(const ErrorCode& ec) {

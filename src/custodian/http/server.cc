@@ -14,6 +14,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "custodian/http/header_rules.h"
 #include "custodian/http/rate_limiter.h"
 #include "custodian/http/run_blocking.h"
 #include "custodian/http/tls.h"
@@ -42,8 +43,6 @@ constexpr rlim_t kSpareDescriptors = 256;
 constexpr int kMinStatus = 200;
 constexpr int kMaxStatus = 599;
 // Bounds on handler-supplied header fields (Beast throws beyond its own limits).
-constexpr size_t kMaxHeaderNameBytes = 256;
-constexpr size_t kMaxHeaderValueBytes = 8192;
 
 std::string NewRequestId() {
   thread_local std::mt19937_64 rng(std::random_device{}());
@@ -59,21 +58,6 @@ std::string NewRequestId() {
 std::string Seconds(std::chrono::milliseconds d) {
   if (d.count() % 1000 == 0) return std::to_string(d.count() / 1000) + " s";
   return std::to_string(d.count()) + " ms";
-}
-
-bool IsTokenChar(char c) {
-  return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-         std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
-}
-
-bool IsHeaderName(std::string_view s) {
-  return !s.empty() && s.size() <= kMaxHeaderNameBytes &&
-         std::all_of(s.begin(), s.end(), IsTokenChar);
-}
-
-bool IsHeaderValue(std::string_view s) {
-  return s.size() <= kMaxHeaderValueBytes &&
-         std::none_of(s.begin(), s.end(), [](char c) { return c == '\r' || c == '\n' || c == 0; });
 }
 
 bool IEquals(std::string_view a, std::string_view b) { return beast::iequals(a, b); }
