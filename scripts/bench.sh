@@ -19,7 +19,11 @@
 #   6. custodian         BUILD_DIR/bench/custody_custodian_bench: N = 1,000 and 10,000 software
 #                        devices against a real custodian (its own process) over HTTPS with mutual
 #                        TLS on loopback: attestations+leases/s, heartbeats/s, p50/p99 latency and
-#                        the stop switch's fan-out to every waiting device (about 3 minutes).
+#                        the stop switch's fan-out to every waiting device (about 3 minutes);
+#   7. agent             BUILD_DIR/bench/custody_agent_bench: a KServe v2 request through a real
+#                        custody-agent (swtpm, custodian, sealed model) vs the engine called
+#                        in-process: added latency on the tiny model and resnet18, throughput with
+#                        1-8 concurrent clients, TPM operations per request.
 # Scratch files go to BUILD_DIR/bench-tmp and are removed. Misses are reported, not failures: the
 # script fails only if a benchmark cannot run. The figures are only as quiet as the machine:
 # the load average is printed first, and a busy machine is called out.
@@ -91,7 +95,8 @@ if [ ! -x "$bench/custody_load_bench" ]; then
   echo "bench: load time $load_note"
 else
   models="$build/models"
-  if [ ! -f "$models/resnet18.pt" ] || [ ! -f "$models/resnet18.onnx" ]; then
+  if [ ! -f "$models/resnet18.pt" ] || [ ! -f "$models/resnet18.onnx" ] ||
+    [ ! -f "$models/tiny.pt" ]; then
     echo
     echo "bench: generating test models into $models"
     /usr/bin/python3 "$root/tests/models/make_models.py" "$models" || status=1
@@ -141,6 +146,17 @@ else
   custodian_note="not run: custody_custodian_bench is not built (no custodian library in this build)"
   echo
   echo "bench: custodian $custodian_note"
+fi
+
+# ----- 7. serving through the agent ------------------------------------------------------------
+agent_note=""
+if [ -x "$bench/custody_agent_bench" ] && [ -f "$build/models/tiny.pt" ] &&
+  [ -f "$build/models/resnet18.pt" ]; then
+  run agent "$bench/custody_agent_bench" --models "$build/models" || status=1
+else
+  agent_note="not run: custody_agent_bench or the generated models are not in this build"
+  echo
+  echo "bench: agent $agent_note"
 fi
 
 # ----- summary --------------------------------------------------------------------------------
@@ -214,6 +230,23 @@ else
       "$(result custodian "custodian_${n}_attest_cpu_us"), heartbeat" \
       "$(result custodian "custodian_${n}_heartbeat_cpu_us")"
   done
+fi
+echo "7. serving through custody-agent vs the engine in-process (1 client, p50/p99 us)"
+if [ -n "$agent_note" ]; then
+  echo "   $agent_note"
+else
+  echo "   tiny: direct $(result agent tiny_direct_p50_us)/$(result agent tiny_direct_p99_us)," \
+    "agent $(result agent tiny_agent_p50_us)/$(result agent tiny_agent_p99_us):" \
+    "added $(result agent tiny_added_p50_us) us at p50   (target <= 100)"
+  echo "   resnet18: direct $(result agent resnet_direct_p50_us), agent" \
+    "$(result agent resnet_agent_p50_us): added $(result agent resnet_added_p50_pct)% at p50" \
+    "  (target <= 3)"
+  echo "   TPM: $(result agent tpm_advances) block advances for $(result agent tpm_requests)" \
+    "requests (expected $(result agent tpm_expected_advances)), $(result agent tpm_other_ops)" \
+    "other operations   (target: block advances only)"
+  echo "   throughput req/s, 1/2/4/8 clients: $(result agent load_c1_agent_per_s)" \
+    "$(result agent load_c2_agent_per_s) $(result agent load_c4_agent_per_s)" \
+    "$(result agent load_c8_agent_per_s)"
 fi
 echo "========================================================================================"
 echo "logs: $log_dir"

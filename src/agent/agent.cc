@@ -93,7 +93,7 @@ Result<std::string> Enroll(const AgentConfig& config, const EnrollOptions& optio
   CUSTODY_ASSIGN_OR_RETURN(std::unique_ptr<Client> client,
                            Client::Create(CustodianClientOptions(config, ca_pem)));
 
-  CUSTODY_ASSIGN_OR_RETURN(EnrollmentInProgress e, tpm.Run([&](tpm::Tpm& t) {
+  CUSTODY_ASSIGN_OR_RETURN(EnrollmentInProgress e, tpm.Run(TpmOp::kEnroll, [&](tpm::Tpm& t) {
     return BeginEnrollment(t, options.token, tpm::EkType::kEcc, tpm::kDefaultCounterIndex,
                            config.metering.unit);
   }));
@@ -103,9 +103,10 @@ Result<std::string> Enroll(const AgentConfig& config, const EnrollOptions& optio
                            protocol::ParseEnrollBeginResponse(begun->body));
   CUSTODY_ASSIGN_OR_RETURN(crypto::P256PrivateKey tls_key, crypto::P256PrivateKey::Generate());
   CUSTODY_ASSIGN_OR_RETURN(Bytes spki, SubjectPublicKeyInfo(tls_key));
-  CUSTODY_ASSIGN_OR_RETURN(protocol::EnrollCompleteRequest complete, tpm.Run([&](tpm::Tpm& t) {
-    return ContinueEnrollment(t, e, challenge, spki);
-  }));
+  CUSTODY_ASSIGN_OR_RETURN(protocol::EnrollCompleteRequest complete,
+                           tpm.Run(TpmOp::kEnroll, [&](tpm::Tpm& t) {
+                             return ContinueEnrollment(t, e, challenge, spki);
+                           }));
   Result<ClientResponse> done = client->PostJson("/v1/enroll/complete", protocol::ToJson(complete));
   CUSTODY_RETURN_IF_ERROR(CustodianAnswer(done, "enrollment (round 2)"));
   CUSTODY_ASSIGN_OR_RETURN(protocol::EnrollCompleteResponse result,
@@ -254,6 +255,11 @@ nlohmann::json DescribeAgent(const Agent::Parts& p) {
                                {"seccomp", seccomp},
                                {"summary", h.ToString()}};
   out["custodian"] = p.link->Describe();
+  nlohmann::json ops = nlohmann::json::object();
+  for (size_t i = 0; i < kTpmOpNames.size(); ++i) {
+    ops[std::string(kTpmOpNames[i])] = p.tpm->count(static_cast<TpmOp>(i));
+  }
+  out["tpm_operations"] = std::move(ops);
   return out;
 }
 
@@ -323,7 +329,8 @@ Result<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config,
                                             *p->state, log);
   // The TPM clock first, then the stored leases: a restart while offline serves at once if the
   // grace allows.
-  Result<tpm::TimeInfo> clock = p->tpm->Run([](tpm::Tpm& t) { return t.ReadClock(); });
+  Result<tpm::TimeInfo> clock =
+      p->tpm->Run(TpmOp::kClockRead, [](tpm::Tpm& t) { return t.ReadClock(); });
   if (!clock) return clock.error().WithContext("read the TPM clock");
   p->leases->UpdateTpmClock(*clock);
   for (const std::string& problem : p->leases->Restore()) {

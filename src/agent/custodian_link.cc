@@ -141,7 +141,8 @@ void CustodianLink::Succeeded(Backoff& b, Backoff& other) {
 }
 
 void CustodianLink::ReadClock() {
-  Result<tpm::TimeInfo> time = tpm_.Run([](tpm::Tpm& t) { return t.ReadClock(); });
+  Result<tpm::TimeInfo> time =
+      tpm_.Run(TpmOp::kClockRead, [](tpm::Tpm& t) { return t.ReadClock(); });
   if (time) {
     leases_.UpdateTpmClock(*time);
   } else {
@@ -250,7 +251,7 @@ Result<Bytes> CustodianLink::Nonce(Client& client) {
 
 Status CustodianLink::Attest(Client& client) {
   CUSTODY_ASSIGN_OR_RETURN(Bytes nonce, Nonce(client));
-  CUSTODY_ASSIGN_OR_RETURN(protocol::AttestRequest req, tpm_.Run([&](tpm::Tpm& t) {
+  CUSTODY_ASSIGN_OR_RETURN(protocol::AttestRequest req, tpm_.Run(TpmOp::kAttest, [&](tpm::Tpm& t) {
     return MakeAttestation(t, identity_, nonce);
   }));
   CUSTODY_ASSIGN_OR_RETURN(ClientResponse r, Post(client, "/v1/attest", protocol::ToJson(req)));

@@ -175,7 +175,7 @@ LeaseManager::Slot LeaseManager::LoadModel(const protocol::LeasePayload& lease) 
     return slot;
   }
   Result<SecretBuffer> dek =
-      tpm_.Run([&](tpm::Tpm& t) { return UnwrapLeaseKey(t, identity_, lease); });
+      tpm_.Run(TpmOp::kUnwrap, [&](tpm::Tpm& t) { return UnwrapLeaseKey(t, identity_, lease); });
   if (!dek) {
     const bool platform = dek.error().code() == StatusCode::kPermissionDenied;
     slot.failure = platform ? Refusal::kPlatformRefused : Refusal::kModelUnavailable;

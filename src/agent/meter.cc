@@ -18,8 +18,9 @@ Result<uint64_t> Requests(uint64_t counter, uint64_t unit) {
 }
 
 Result<uint64_t> ReadCounter(SharedTpm& tpm, const DeviceIdentity& id) {
-  Result<uint64_t> value =
-      tpm.Run([&](tpm::Tpm& t) { return t.ReadCounter(id.counter_index, id.counter_auth); });
+  Result<uint64_t> value = tpm.Run(TpmOp::kCounterRead, [&](tpm::Tpm& t) {
+    return t.ReadCounter(id.counter_index, id.counter_auth);
+  });
   if (!value && value.error().code() == StatusCode::kNotFound) {
     return FailedPrecondition(
         "this TPM has no usage counter at the index this state directory names: the state "
@@ -99,7 +100,7 @@ Result<std::unique_ptr<Meter>> Meter::Open(const std::string& path, SharedTpm& t
 
 Status Meter::AdvanceLocked() {
   const uint64_t expected = counter_ + 1;
-  CUSTODY_ASSIGN_OR_RETURN(uint64_t value, tpm_.Run([&](tpm::Tpm& t) {
+  CUSTODY_ASSIGN_OR_RETURN(uint64_t value, tpm_.Run(TpmOp::kCounterAdvance, [&](tpm::Tpm& t) {
     return t.IncrementCounter(id_.counter_index, id_.counter_auth);
   }));
   if (value < expected) {
@@ -169,7 +170,7 @@ Result<JournalSnapshot> Meter::Snapshot(uint64_t after_seq) {
 Result<Meter::Certified> Meter::Certify(ByteSpan nonce, uint64_t position) {
   std::lock_guard lock(mu_);
   Certified out;
-  CUSTODY_ASSIGN_OR_RETURN(out.counter_certify, tpm_.Run([&](tpm::Tpm& t) {
+  CUSTODY_ASSIGN_OR_RETURN(out.counter_certify, tpm_.Run(TpmOp::kCounterCertify, [&](tpm::Tpm& t) {
     return t.CertifyCounter(id_.ak, id_.counter_index, id_.counter_auth, nonce);
   }));
   // The value as certified, read back with the verifier the custodian runs: it is what the

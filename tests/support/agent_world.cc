@@ -357,10 +357,14 @@ Result<Exited> EnrollDevice(AgentWorld& world) {
 }
 
 InferBody TinyInferRequest() {
-  agent::kserve::InferRequest request;
   std::vector<float> values(16);
   for (size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>(i) / 16.0f;
-  request.inputs.push_back(engine::Tensor::FromFloats("x", {1, 16}, values).value());
+  return InferRequestFor({engine::Tensor::FromFloats("x", {1, 16}, values).value()});
+}
+
+InferBody InferRequestFor(std::vector<engine::Tensor> inputs) {
+  agent::kserve::InferRequest request;
+  request.inputs = std::move(inputs);
   request.binary_data_output = true;
   agent::kserve::EncodedBody encoded = agent::kserve::EncodeInferRequest(request, true).value();
   InferBody out;

@@ -20,6 +20,7 @@
 #include "core/base/status.h"
 #include "custodian/app.h"
 #include "custodian/http/client.h"
+#include "engine/engine.h"
 #include "tests/support/swtpm_fixture.h"
 
 namespace custody::testing {
@@ -136,6 +137,8 @@ struct InferBody {
   std::vector<std::pair<std::string, std::string>> headers;
 };
 InferBody TinyInferRequest();
+// The same for any inputs (binary tensor data in and out).
+InferBody InferRequestFor(std::vector<engine::Tensor> inputs);
 // POST it to model `name` through `client`.
 Result<agent::LocalAnswer> Infer(agent::LocalClient& client, const std::string& name);
 
