@@ -51,6 +51,7 @@ targets=(
   "custody_admin_request_fuzzer:admin:admin.dict"
   "custody_url_fuzzer:url:url.dict"
   "custody_config_fuzzer:config:config.dict"
+  "custody_agent_config_fuzzer:agent_config:agent_config.dict"
 )
 
 # Stack traces for UBSan reports too (ASan prints them by default).
