@@ -28,12 +28,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!c) return 0;
   const AgentConfig::Serve& s = c->serve;
   const AgentConfig::Metering& m = c->metering;
-  bool ok = Absolute(c->state_dir) && Absolute(c->models_dir) &&
-            Absolute(c->vendor_public_key) && Absolute(s.socket) &&
-            AbsoluteOrEmpty(c->custodian.ca_file) && AbsoluteOrEmpty(s.tokens_file) &&
-            !c->custodian.host.empty() && c->custodian.port != 0 && (s.socket_mode & ~0770u) == 0 &&
-            s.workers >= 1 && s.workers <= 256 && s.max_queue <= 100000 && m.unit >= 1 &&
-            m.unit <= 65536 && (m.extension_threshold == 0) == (m.extension_amount == 0) &&
+  bool ok = Absolute(c->state_dir) && Absolute(c->models_dir) && Absolute(c->vendor_public_key) &&
+            Absolute(s.socket) && AbsoluteOrEmpty(c->custodian.ca_file) &&
+            AbsoluteOrEmpty(s.tokens_file) && !c->custodian.host.empty() &&
+            c->custodian.port != 0 && (s.socket_mode & ~0770u) == 0 && s.workers >= 1 &&
+            s.workers <= 256 && s.max_queue <= 100000 && m.unit >= 1 && m.unit <= 65536 &&
+            (m.extension_threshold == 0) == (m.extension_amount == 0) &&
             (!s.require_token || !s.tokens_file.empty()) &&
             (!s.tcp_port || (*s.tcp_port != 0 && !s.tokens_file.empty())) &&
             c->engine.threads >= 0 && c->engine.threads <= 256;

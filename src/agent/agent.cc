@@ -304,6 +304,7 @@ Result<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config,
     log.Warn("metering: " + p->meter->anomaly(),
              {{"tpm_counter", p->meter->counter()}, {"journal_served", r.served_total}});
   }
+  if (!p->meter->recovery().empty()) log.Info("metering: " + p->meter->recovery());
   log.Info("meter ready", {{"tpm_counter", p->meter->counter()},
                            {"unit", p->meter->unit()},
                            {"position", p->meter->position()}});

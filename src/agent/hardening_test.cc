@@ -415,7 +415,7 @@ TEST(SystemdUnit, CarriesTheRequiredHardening) {
            "UMask=0077",
            "Restart=on-failure",
            "KillSignal=SIGTERM",
-           "TimeoutStopSec=10",
+           "TimeoutStopSec=20",  // above the agent's own 10 s drain (main.cc), so it can finish
        }) {
     EXPECT_NE(unit.find(std::string("\n") + line + "\n"), std::string::npos) << line;
   }

@@ -31,24 +31,30 @@ Result<uint64_t> ReadCounter(SharedTpm& tpm, const DeviceIdentity& id) {
   return value;
 }
 
-std::string DescribeReconciliation(const Reconciliation& r, uint64_t written_off) {
+// What a crash leaves behind, and the agent recovers from by itself: a torn last record, a block
+// paid for but not used up, an advance whose block record was not written. Logged, not reported:
+// the counter bounds all of it, and a clean stop in the middle of a block looks the same.
+std::string DescribeRecovery(const Reconciliation& r) {
   std::string out;
   if (r.torn_tail_bytes > 0) {
     out += "the journal ended in a torn record (" + Num(r.torn_tail_bytes) +
-           " bytes cut: " + r.torn_tail + "); ";
+           " bytes cut: " + r.torn_tail + ")";
   }
-  if (r.rollback_suspected) {
-    out += "the journal was " + Num(r.unaccounted) + " requests behind the TPM counter (" +
-           Num(r.unrecorded_advance) +
-           " of them advances it never recorded): an older copy of the state directory was "
-           "restored, or records were removed. " +
-           Num(written_off) + " requests were written off: the budget used is the counter's";
-  } else if (r.journal_behind_counter) {
-    out += "the journal was " + Num(r.unaccounted) +
-           " requests behind the TPM counter after a crash (at most one block); they are served "
-           "from the block the counter paid for";
+  if (r.journal_behind_counter && !r.rollback_suspected) {
+    out += std::string(out.empty() ? "" : "; ") + Num(r.unaccounted) +
+           " requests of the last block the TPM counter paid for are still to be served";
   }
   return out;
+}
+
+// A journal further behind the counter than a crash can leave it: reported to the custodian.
+std::string DescribeRollback(const Reconciliation& r, uint64_t written_off) {
+  if (!r.rollback_suspected) return "";
+  return "the journal was " + Num(r.unaccounted) + " requests behind the TPM counter (" +
+         Num(r.unrecorded_advance) +
+         " of them advances it never recorded): an older copy of the state directory was "
+         "restored, or records were removed. " +
+         Num(written_off) + " requests were written off: the budget used is the counter's";
 }
 
 }  // namespace
@@ -92,10 +98,12 @@ Result<std::unique_ptr<Meter>> Meter::Open(const std::string& path, SharedTpm& t
     written_off = journal.allowance();
     if (written_off > 0) CUSTODY_RETURN_IF_ERROR(journal.AppendWrittenOff(written_off));
   }
-  const std::string described = DescribeReconciliation(r, written_off);
-  if (!described.empty()) anomaly += (anomaly.empty() ? "" : "; ") + described;
-  return std::unique_ptr<Meter>(
+  const std::string rollback = DescribeRollback(r, written_off);
+  if (!rollback.empty()) anomaly += (anomaly.empty() ? "" : "; ") + rollback;
+  auto meter = std::unique_ptr<Meter>(
       new Meter(tpm, id, std::move(opened->journal), r, counter, std::move(anomaly)));
+  meter->recovery_ = DescribeRecovery(r);
+  return meter;
 }
 
 Status Meter::AdvanceLocked() {

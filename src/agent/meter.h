@@ -69,6 +69,9 @@ class Meter {
   // anomaly stays until MarkAnomalyReported.
   const Reconciliation& reconciliation() const { return reconciliation_; }
   std::string anomaly() const;
+  // What Open recovered from by itself (a torn record, a partly used block; "" if nothing): for
+  // the log, not for the custodian.
+  const std::string& recovery() const { return recovery_; }
   void MarkAnomalyReported();
 
   // Durable counts since `after_seq` (Journal::SnapshotSince after a Sync).
@@ -98,6 +101,7 @@ class Meter {
   uint64_t counter_ = 0;   // TPM counter value (steps)
   uint64_t reserved_ = 0;  // requests reserved and not yet committed or released
   std::string anomaly_;
+  std::string recovery_;
 };
 
 }  // namespace custody::agent

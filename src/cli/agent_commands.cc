@@ -2,10 +2,10 @@
 // custody-agent over its socket (agent/local_client.h). The inference API is KServe v2 with the
 // binary tensor extension (docs/PROTOCOL.md §16); /v1/status is the agent's own (PROTOCOL.md §17).
 //
-// The agent's answers map to exit codes by HTTP status (README.md "Exit codes"): 401/403 → 7
-// (refused: revoked, licence ended, offline grace expired, budget exhausted, platform not
-// approved, or the application token), 429/503 → 8 (not now: no lease yet, model loading, busy;
-// 408/504 too), 400/413 → 2, 404 → 3, anything else → 1. The message carries the agent's
+// The agent's answers map to exit codes by HTTP status (README.md, the exit code table):
+// 401/403 → 7 (refused: revoked, licence ended, offline grace expired, budget exhausted, platform
+// not approved, or the application token), 429/503 → 8 (not now: no lease yet, model loading,
+// busy; 408/504 too), 400/413 → 2, 404 → 3, anything else → 1. The message carries the agent's
 // Custody-Refusal name. No agent at the socket → 8; a socket this user may not use → 3.
 //
 // Security: the application token comes from --token-file only (never the command line, where

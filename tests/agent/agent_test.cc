@@ -535,6 +535,9 @@ TEST_F(AgentE2eTest, ModelPlaintextNeverTouchesDisk) {
       getenv("CUSTODY_TEST_MODELS_DIR") ? getenv("CUSTODY_TEST_MODELS_DIR") : "";
   const Bytes marker = MUST(ReadFile(models + "/tiny.pt.marker"));
   ASSERT_EQ(marker.size(), 64u);
+  // Only files written since the agent's world was made can be the agent's doing (a developer's
+  // own copies of the plain model elsewhere in /tmp are not).
+  const auto started = std::filesystem::file_time_type::clock::now() - std::chrono::seconds(2);
   ASSERT_NO_FATAL_FAILURE(Make({}));
   ASSERT_NO_FATAL_FAILURE(StartAgent());
   ASSERT_NO_FATAL_FAILURE(WaitServing());
@@ -557,7 +560,10 @@ TEST_F(AgentE2eTest, ModelPlaintextNeverTouchesDisk) {
         it.disable_recursion_pending();
         continue;
       }
-      if (it->is_regular_file(ec) && contains(it->path().string())) found.push_back(it->path());
+      if (it->is_regular_file(ec) && it->last_write_time(ec) >= started &&
+          contains(it->path().string())) {
+        found.push_back(it->path());
+      }
     }
   };
   // ...and no file in the state directory, the world, the temporary directories, or any file

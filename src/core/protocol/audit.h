@@ -1,7 +1,7 @@
 // The custodian's audit log (DESIGN.md §11): append-only and hash-chained, so that an export
 // can be checked offline (`custody admin audit verify FILE`) and any altered, inserted, removed
 // or reordered row is detected. Pure code, shared by the custodian (which appends) and the CLI
-// (which verifies). docs/PROTOCOL.md §12 specifies it:
+// (which verifies). docs/PROTOCOL.md §15 specifies it:
 //
 //   hash(e) = SHA-256("custody/audit/v1" 0x00 ‖ prev_hash (32) ‖ uint64 seq ‖
 //                     str(time) ‖ str(actor) ‖ str(action) ‖ str(subject) ‖ str(details))
