@@ -54,6 +54,8 @@ struct Args {
   int requests = 3000;
   int resnet_requests = 200;
   double seconds = 3.0;
+  std::vector<std::string> agent_env;  // --agent-env K=V: added to the agent's environment
+  std::string serve_extra;             // --workers N: [serve] workers
 };
 
 Args ParseArgs(int argc, char** argv) {
@@ -65,9 +67,13 @@ Args ParseArgs(int argc, char** argv) {
     a.resnet_requests = std::stoi(v);
   };
   flags.values["--seconds"] = [&](const std::string& v) { a.seconds = std::stod(v); };
+  flags.values["--agent-env"] = [&](const std::string& v) { a.agent_env.push_back(v); };
+  flags.values["--workers"] = [&](const std::string& v) {
+    a.serve_extra = "workers = " + std::to_string(std::stoi(v)) + "\n";
+  };
   ParseFlags(argc, argv, flags,
              "usage: custody_agent_bench --models DIR [--requests N] [--resnet-requests N] "
-             "[--seconds S]");
+             "[--seconds S] [--workers N] [--agent-env K=V]...");
   if (a.models.empty()) Die("--models DIR is required (tests/models/make_models.py's output)");
   if (a.requests < 100 || a.resnet_requests < 20 || a.seconds <= 0) {
     Die("--requests must be >= 100, --resnet-requests >= 20 and --seconds > 0");
@@ -110,6 +116,7 @@ class Subject {
     o.budget = 100'000'000;
     o.unit = kUnit;
     o.report_interval = "60s";
+    o.serve_extra = args.serve_extra;
     o.extra_config = "[hardening]\nmemory_lock = \"best-effort\"\n";
     world_ = Check(AgentWorld::Create(o), "build the deployment for " + file);
     const testing::Exited enrolled = Check(testing::EnrollDevice(*world_), "enroll");

@@ -89,7 +89,7 @@ Status ParseServe(const toml::table* t, AgentConfig::Serve& s) {
                     "a TCP listener has no peer credentials: it needs serve.tokens_file, and "
                     "only callers with a token are served on it");
   }
-  CUSTODY_ASSIGN_OR_RETURN(int64_t workers, GetInt(t, "serve", "workers", 2, 1, 256));
+  CUSTODY_ASSIGN_OR_RETURN(int64_t workers, GetInt(t, "serve", "workers", 1, 1, 256));
   CUSTODY_ASSIGN_OR_RETURN(int64_t queue, GetInt(t, "serve", "max_queue", 64, 0, 100000));
   s.workers = static_cast<unsigned>(workers);
   s.max_queue = static_cast<size_t>(queue);

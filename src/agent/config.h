@@ -20,7 +20,7 @@
 //   tokens_file = ""                         # "name sha256-hex" lines: per-application tokens
 //   require_token = false                    # every caller must present one
 //   tcp_port = 0                             # loopback TCP too (127.0.0.1); 0 or absent: off
-//   workers = 2
+//   workers = 1                              # inference threads (OPERATIONS.md)
 //   max_queue = 64
 //
 //   [metering]
@@ -85,7 +85,7 @@ struct AgentConfig {
     std::string tokens_file;
     bool require_token = false;
     std::optional<uint16_t> tcp_port;
-    unsigned workers = 2;
+    unsigned workers = 1;
     size_t max_queue = 64;
   } serve;
 
