@@ -165,7 +165,7 @@ extension_amount = 24
 report_interval = "2s"
 TOML
 sed 's/^/    /' "$DEV/agent.toml"
-run "$AGENT" enroll --config "$DEV/agent.toml" --token-file kiosk.token
+run "$AGENT" enroll --custodian "$CUSTODY_URL" --config "$DEV/agent.toml" --token-file kiosk.token
 say "$AGENT" run --config "$DEV/agent.toml" "&"
 "$AGENT" run --config "$DEV/agent.toml" 2>"$DEV/agent.log" &
 AGENT_PID=$!

@@ -2,6 +2,8 @@
 
 #include <grp.h>
 
+#include <algorithm>
+#include <cctype>
 #include <charconv>
 
 #include "core/base/file.h"
@@ -185,6 +187,22 @@ Status ParseHttpsUrl(std::string_view url, std::string_view key, std::string& ho
     port = static_cast<uint16_t>(p);
   }
   return OkStatus();
+}
+
+Status CheckCustodianUrl(const AgentConfig& config, std::string_view url) {
+  std::string host;
+  uint16_t port = 0;
+  CUSTODY_RETURN_IF_ERROR(ParseHttpsUrl(url, "--custodian", host, port));
+  const bool same_host = std::equal(host.begin(), host.end(), config.custodian.host.begin(),
+                                    config.custodian.host.end(), [](char a, char b) {
+                                      return std::tolower(static_cast<unsigned char>(a)) ==
+                                             std::tolower(static_cast<unsigned char>(b));
+                                    });
+  if (same_host && port == config.custodian.port) return OkStatus();
+  return InvalidArgument(
+      "--custodian " + std::string(url) +
+      " is not the custodian the configuration names (custodian.url = " + config.custodian.url +
+      "): set custodian.url to the URL the vendor gave you, or drop --custodian");
 }
 
 Result<AgentConfig> ParseAgentConfig(std::string_view text, std::string_view source) {

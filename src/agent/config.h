@@ -114,4 +114,9 @@ Result<AgentConfig> LoadAgentConfig(const std::string& path);
 // "https://host:port" -> host and port (443 when absent). kInvalidArgument naming `key`.
 Status ParseHttpsUrl(std::string_view url, std::string_view key, std::string& host, uint16_t& port);
 
+// `custody-agent enroll --custodian URL`: the URL the operator was given must name the custodian
+// the configuration names (host case-insensitively, same port), so that enrollment and every
+// later run talk to the same server. kInvalidArgument saying which to fix otherwise.
+Status CheckCustodianUrl(const AgentConfig& config, std::string_view url);
+
 }  // namespace custody::agent

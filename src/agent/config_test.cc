@@ -126,5 +126,19 @@ TEST(AgentConfigTest, CustodianUrlsParse) {
   EXPECT_FALSE(ParseHttpsUrl("https://", "k", host, port).ok());
 }
 
+TEST(AgentConfigTest, CustodianFlagMustNameTheConfiguredCustodian) {
+  AgentConfig c = MUST(ParseAgentConfig(kMinimal, "agent.toml"));
+  ASSERT_OK(CheckCustodianUrl(c, "https://custodian.example.com:8443"));
+  ASSERT_OK(CheckCustodianUrl(c, "https://Custodian.Example.COM:8443/"));
+  const Status other_port = CheckCustodianUrl(c, "https://custodian.example.com");
+  ASSERT_FALSE(other_port.ok());
+  EXPECT_NE(other_port.message().find("set custodian.url"), std::string::npos)
+      << other_port.message();
+  EXPECT_FALSE(CheckCustodianUrl(c, "https://evil.example:8443").ok());
+  const Status malformed = CheckCustodianUrl(c, "http://custodian.example.com:8443");
+  ASSERT_FALSE(malformed.ok());
+  EXPECT_NE(malformed.message().find("--custodian"), std::string::npos) << malformed.message();
+}
+
 }  // namespace
 }  // namespace custody::agent

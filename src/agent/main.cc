@@ -103,7 +103,7 @@ int main(int argc, char** argv) {
       "its custodian grants"};
   app.require_subcommand(1);
   int exit_code = 0;
-  std::string config_path, token, token_file;
+  std::string config_path, token, token_file, custodian_url;
 
   CLI::App* enroll = app.add_subcommand("enroll",
                                         "Enroll this device with its custodian (once): TPM keys, "
@@ -111,11 +111,20 @@ int main(int argc, char** argv) {
   enroll->add_option("--config", config_path, "agent.toml")->required();
   enroll->add_option("--token", token, "One-time enrollment token from the vendor");
   enroll->add_option("--token-file", token_file, "File holding the enrollment token");
+  enroll->add_option("--custodian", custodian_url,
+                     "The custodian's URL as the vendor gave it; must match custodian.url");
   enroll->callback([&] {
     Result<custody::agent::AgentConfig> config = custody::agent::LoadAgentConfig(config_path);
     if (!config) {
       exit_code = Fail(config.error());
       return;
+    }
+    if (!custodian_url.empty()) {
+      const Status same = custody::agent::CheckCustodianUrl(*config, custodian_url);
+      if (!same.ok()) {
+        exit_code = Fail(same);
+        return;
+      }
     }
     Result<std::string> t = TokenFrom(token, token_file);
     if (!t) {

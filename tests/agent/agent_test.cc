@@ -592,6 +592,13 @@ TEST_F(AgentE2eTest, ProgramRefusesClearlyWhenNotEnrolledOrEnrolledTwice) {
   EXPECT_EQ(bad_token.code, 7) << bad_token.output;
   EXPECT_NE(bad_token.output.find("enrollment token is not valid"), std::string::npos)
       << bad_token.output;
+  const Exited wrong_custodian = MUST(
+      RunToExit({AgentBinary(), "enroll", "--custodian", "https://custodian.elsewhere.example",
+                 "--config", world_->config_path(), "--token", MUST(world_->EnrollmentToken())},
+                60s));
+  EXPECT_EQ(wrong_custodian.code, 2) << wrong_custodian.output;
+  EXPECT_NE(wrong_custodian.output.find("set custodian.url"), std::string::npos)
+      << wrong_custodian.output;
   std::filesystem::remove_all(world_->state_dir());
   const Exited enrolled = MUST(EnrollDevice(*world_));
   ASSERT_EQ(enrolled.code, 0) << enrolled.output;

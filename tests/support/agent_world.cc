@@ -211,7 +211,7 @@ Status AgentWorld::WriteConfig() {
     << "models_dir = \"" << models_dir() << "\"\n"
     << "vendor_public_key = \"" << dir_ << "/vendor.pub\"\n"
     << "tcti = \"" << swtpm_->tcti() << "\"\n\n"
-    << "[custodian]\nurl = \"https://127.0.0.1:" << port_ << "\"\n"
+    << "[custodian]\nurl = \"" << custodian_url() << "\"\n"
     << "ca = \"" << dir_ << "/custodian-ca.pem\"\n\n"
     << "[serve]\nsocket = \"" << socket_path() << "\"\n"
     << options_.serve_extra << "\n"
@@ -347,13 +347,17 @@ Result<Exited> RunToExit(std::vector<std::string> argv, std::chrono::millisecond
   return out;
 }
 
+std::string AgentWorld::custodian_url() const {
+  return "https://127.0.0.1:" + std::to_string(port_);
+}
+
 Result<Exited> EnrollDevice(AgentWorld& world) {
   CUSTODY_ASSIGN_OR_RETURN(std::string token, world.EnrollmentToken());
   const std::string token_file = world.dir() + "/enroll.token";
   CUSTODY_RETURN_IF_ERROR(WriteText(token_file, token + "\n", 0600));
-  return RunToExit(
-      {AgentBinary(), "enroll", "--config", world.config_path(), "--token-file", token_file},
-      std::chrono::seconds(60));
+  return RunToExit({AgentBinary(), "enroll", "--custodian", world.custodian_url(), "--config",
+                    world.config_path(), "--token-file", token_file},
+                   std::chrono::seconds(60));
 }
 
 InferBody TinyInferRequest() {

@@ -59,6 +59,8 @@ class AgentWorld {
   const std::string& model_name() const { return options_.model_name; }
   const WorldOptions& options() const { return options_; }
   Swtpm& swtpm() { return *swtpm_; }
+  // https://127.0.0.1:PORT: the custodian as agent.toml names it.
+  std::string custodian_url() const;
 
   // (Re)writes agent.toml from the options (custodian at its current port).
   Status WriteConfig();
