@@ -78,21 +78,21 @@
 #include "core/tpm/policy.h"
 #include "custodian/app.h"
 #include "custodian/config.h"
-#include "custodian/http/client.h"
 #include "custodian/keys.h"
 #include "custodian/service.h"
 #include "custodian/store/sqlite_store.h"
+#include "http/client.h"
 #include "soft_device.h"
 
 namespace custody::bench {
 namespace {
 
-namespace asio = custodian::http::asio;
-using custodian::http::AsyncConnection;
-using custodian::http::ClientContext;
-using custodian::http::ClientOptions;
-using custodian::http::ClientRequest;
-using custodian::http::ClientResponse;
+namespace asio = http::asio;
+using http::AsyncConnection;
+using http::ClientContext;
+using http::ClientOptions;
+using http::ClientRequest;
+using http::ClientResponse;
 
 constexpr double kTargetAttestPerSecond = 1000;
 constexpr double kTargetHeartbeatsPerSecond = 10000;
@@ -553,7 +553,7 @@ class LoadGenerator {
   };
   Result<custodian::Config> config = custodian::LoadConfig(config_path);
   if (!config) fail("config: " + config.error().ToString());
-  config->log_level = custodian::LogLevel::kWarn;
+  config->log_level = LogLevel::kWarn;
   config->durability = durability;
   // Room for every device's connection plus the admin's, within the descriptor limit.
   config->server.max_connections = devices + 512;
@@ -811,7 +811,7 @@ Figures RunScenario(const Args& args, size_t n) {
   admin_options.port = port;
   admin_options.ca_pem = ca_pem;
   admin_options.bearer_token = init.admin_token;
-  auto admin = Check(custodian::http::Client::Create(admin_options), "admin client");
+  auto admin = Check(http::Client::Create(admin_options), "admin client");
   fig.setup_s = Seconds(setup_start, Clock::now());
   std::printf("  setup: client contexts %.1f s\n", Seconds(contexts_start, Clock::now()));
   std::printf(

@@ -14,7 +14,7 @@
 
 #include "core/protocol/json.h"
 #include "custodian/admin_requests.h"
-#include "custodian/http/url.h"
+#include "http/url.h"
 
 namespace {
 

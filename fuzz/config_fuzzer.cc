@@ -19,7 +19,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view text(reinterpret_cast<const char*>(data), size);
   Result<Config> c = ParseConfig(text, "fuzz.toml");
   if (!c) return 0;
-  const custody::custodian::http::ServerOptions& s = c->server;
+  const custody::http::ServerOptions& s = c->server;
   if (c->data_dir.empty() || c->data_dir[0] != '/' || c->store_path.empty() ||
       c->store_path[0] != '/' || (!c->ek_ca_dir.empty() && c->ek_ca_dir[0] != '/') ||
       s.io_threads < 1 || s.io_threads > 256 || s.worker_threads < 1 || s.worker_threads > 1024 ||

@@ -1,4 +1,4 @@
-// libFuzzer target for the custodian's request-target parsing (src/custodian/http/url.h): the
+// libFuzzer target for the custodian's request-target parsing (src/http/url.h): the
 // path and query of every HTTP request, before routing or authentication.
 //
 // Each input is a request target: split (SplitTarget), its path percent-decoded as a path
@@ -12,12 +12,12 @@
 #include <cstdlib>
 
 #include "core/protocol/json.h"
-#include "custodian/http/url.h"
+#include "http/url.h"
 
 namespace {
 
 using namespace custody;
-using namespace custody::custodian::http;
+using namespace custody::http;
 
 void CheckDecoded(const Result<std::string>& decoded, std::string_view from) {
   if (!decoded) return;

@@ -17,14 +17,14 @@
 #include "core/base/file.h"
 #include "core/crypto/crypto.h"
 #include "core/format/sealed.h"
-#include "custodian/http/client.h"
+#include "http/client.h"
 
 namespace custody::agent {
 namespace {
 
-using custodian::http::Client;
-using custodian::http::ClientOptions;
-using custodian::http::ClientResponse;
+using http::Client;
+using http::ClientOptions;
+using http::ClientResponse;
 
 constexpr std::string_view kVersion = "0.1.0";
 
@@ -76,8 +76,7 @@ ClientOptions CustodianClientOptions(const AgentConfig& config, std::string ca_p
 
 // ----- enrollment ---------------------------------------------------------------------------
 
-Result<std::string> Enroll(const AgentConfig& config, const EnrollOptions& options,
-                           custodian::Logger& log) {
+Result<std::string> Enroll(const AgentConfig& config, const EnrollOptions& options, Logger& log) {
   if (options.token.empty()) return InvalidArgument("an enrollment token is required (--token)");
   if (config.custodian.ca_file.empty()) {
     return InvalidArgument(
@@ -165,7 +164,7 @@ Result<std::vector<AppToken>> LoadAppTokens(const std::string& path) {
 struct Agent::Parts {
   AgentConfig config;
   HardeningReport hardening;
-  custodian::Logger* log = nullptr;
+  Logger* log = nullptr;
   std::optional<StateDir> dir;
   DeviceIdentity identity;
   std::unique_ptr<SharedTpm> tpm;
@@ -270,8 +269,7 @@ Agent::Agent(std::unique_ptr<Parts> parts) : parts_(std::move(parts)) {}
 Agent::~Agent() { Stop(std::chrono::milliseconds(0)); }
 
 Result<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config,
-                                            const HardeningReport& hardening,
-                                            custodian::Logger& log) {
+                                            const HardeningReport& hardening, Logger& log) {
   auto p = std::make_unique<Parts>();
   p->config = config;
   p->hardening = hardening;

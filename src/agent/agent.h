@@ -26,8 +26,8 @@
 #include "agent/config.h"
 #include "agent/hardening.h"
 #include "core/base/bytes.h"
+#include "core/base/log.h"
 #include "core/base/status.h"
-#include "custodian/log.h"
 
 namespace custody::agent {
 
@@ -36,8 +36,7 @@ struct EnrollOptions {
 };
 
 // `custody-agent enroll`: returns the new device id.
-Result<std::string> Enroll(const AgentConfig& config, const EnrollOptions& options,
-                           custodian::Logger& log);
+Result<std::string> Enroll(const AgentConfig& config, const EnrollOptions& options, Logger& log);
 
 // An application token (serve.tokens_file: "name sha256-hex" per line, '#' comments).
 struct AppToken {
@@ -50,8 +49,7 @@ class Agent {
  public:
   // `hardening`: what main applied to the process (reported in the status and the log).
   static Result<std::unique_ptr<Agent>> Start(const AgentConfig& config,
-                                              const HardeningReport& hardening,
-                                              custodian::Logger& log);
+                                              const HardeningReport& hardening, Logger& log);
   ~Agent();  // Stop() if still running
   Agent(const Agent&) = delete;
   Agent& operator=(const Agent&) = delete;

@@ -261,7 +261,7 @@ Result<AgentConfig> ParseAgentConfig(std::string_view text, std::string_view sou
   CUSTODY_ASSIGN_OR_RETURN(const toml::table* log, Section(root, "log"));
   if (log != nullptr) CUSTODY_RETURN_IF_ERROR(RejectUnknownKeys(*log, "log", {"level"}));
   CUSTODY_ASSIGN_OR_RETURN(std::string level, GetString(log, "log", "level", "info"));
-  Result<custodian::LogLevel> parsed = custodian::ParseLogLevel(level);
+  Result<LogLevel> parsed = ParseLogLevel(level);
   if (!parsed) return KeyError("log.level", parsed.error().message());
   c.log_level = *parsed;
   return c;

@@ -55,8 +55,8 @@
 #include <vector>
 
 #include "agent/hardening.h"
+#include "core/base/log.h"
 #include "core/base/status.h"
-#include "custodian/log.h"
 
 namespace custody::agent {
 
@@ -105,7 +105,7 @@ struct AgentConfig {
 
   MemoryLock memory_lock = MemoryLock::kBestEffort;
   SeccompMode seccomp = SeccompMode::kErrno;
-  custodian::LogLevel log_level = custodian::LogLevel::kInfo;
+  LogLevel log_level = LogLevel::kInfo;
 };
 
 Result<AgentConfig> ParseAgentConfig(std::string_view text, std::string_view source);

@@ -82,7 +82,7 @@ level = "debug"
   EXPECT_EQ(c.engine.plugin_dirs, std::vector<std::string>{"/opt/vendor/engines"});
   EXPECT_EQ(c.memory_lock, MemoryLock::kRequired);
   EXPECT_EQ(c.seccomp, SeccompMode::kKill);
-  EXPECT_EQ(c.log_level, custodian::LogLevel::kDebug);
+  EXPECT_EQ(c.log_level, LogLevel::kDebug);
 }
 
 TEST(AgentConfigTest, MistakesAreRefusedNamingTheKey) {

@@ -10,9 +10,9 @@
 namespace custody::agent {
 namespace {
 
-using custodian::http::Client;
-using custodian::http::ClientRequest;
-using custodian::http::ClientResponse;
+using http::Client;
+using http::ClientRequest;
+using http::ClientResponse;
 using std::chrono::milliseconds;
 using std::chrono::steady_clock;
 
@@ -64,7 +64,7 @@ std::string RandomReportId() {
 
 CustodianLink::CustodianLink(LinkOptions options, const DeviceIdentity& identity, SharedTpm& tpm,
                              Meter& meter, LeaseManager& leases, PersistentState& state,
-                             custodian::Logger& log)
+                             Logger& log)
     : options_(std::move(options)),
       identity_(identity),
       tpm_(tpm),
@@ -77,7 +77,7 @@ CustodianLink::~CustodianLink() { Stop(); }
 
 Status CustodianLink::Start() {
   CUSTODY_ASSIGN_OR_RETURN(client_, Client::Create(options_.client));
-  custodian::http::ClientOptions poll = options_.client;
+  http::ClientOptions poll = options_.client;
   poll.request_timeout = milliseconds(options_.poll_wait_ms + 15'000);
   CUSTODY_ASSIGN_OR_RETURN(events_client_, Client::Create(poll));
   ReadClock();

@@ -38,13 +38,13 @@
 #include "agent/meter.h"
 #include "agent/shared_tpm.h"
 #include "agent/state.h"
-#include "custodian/http/client.h"
-#include "custodian/log.h"
+#include "core/base/log.h"
+#include "http/client.h"
 
 namespace custody::agent {
 
 struct LinkOptions {
-  custodian::http::ClientOptions client;  // host, port, pinned CA, mutual TLS identity
+  http::ClientOptions client;  // host, port, pinned CA, mutual TLS identity
   uint64_t report_interval_ms = 60'000;
   uint64_t renew_interval_ms = 3'600'000;
   uint64_t extension_threshold = 0;  // 0: never ask
@@ -58,7 +58,7 @@ struct LinkOptions {
 class CustodianLink {
  public:
   CustodianLink(LinkOptions options, const DeviceIdentity& identity, SharedTpm& tpm, Meter& meter,
-                LeaseManager& leases, PersistentState& state, custodian::Logger& log);
+                LeaseManager& leases, PersistentState& state, Logger& log);
   ~CustodianLink();  // Stop()
   CustodianLink(const CustodianLink&) = delete;
   CustodianLink& operator=(const CustodianLink&) = delete;
@@ -90,10 +90,10 @@ class CustodianLink {
   // `b` reached the custodian; if it had been failing, `other` retries now.
   void Succeeded(Backoff& b, Backoff& other);
   void ReadClock();
-  Status Attest(custodian::http::Client& client);
-  Status Report(custodian::http::Client& client);
-  Status RequestExtensions(custodian::http::Client& client);
-  Result<Bytes> Nonce(custodian::http::Client& client);
+  Status Attest(http::Client& client);
+  Status Report(http::Client& client);
+  Status RequestExtensions(http::Client& client);
+  Result<Bytes> Nonce(http::Client& client);
   bool NeedsAttestation() const;
 
   const LinkOptions options_;
@@ -102,13 +102,13 @@ class CustodianLink {
   Meter& meter_;
   LeaseManager& leases_;
   PersistentState& state_;
-  custodian::Logger& log_;
+  Logger& log_;
 
   std::mutex mu_;
   std::condition_variable wake_;
   bool stopping_ = false;
-  std::unique_ptr<custodian::http::Client> events_client_;
-  std::unique_ptr<custodian::http::Client> client_;
+  std::unique_ptr<http::Client> events_client_;
+  std::unique_ptr<http::Client> client_;
   std::thread events_thread_;
   std::thread maintenance_thread_;
   Backoff events_backoff_;       // events thread only, but for `poked`

@@ -2,7 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "custodian/http/router.h"
+#include "http/router.h"
 
 namespace custody::agent {
 namespace {
@@ -45,7 +45,7 @@ int HttpStatusFor(StatusCode code) {
   // What the KServe codec refuses as too large is the request's own size (413); a full queue is
   // answered 429 where it happens.
   if (code == StatusCode::kResourceExhausted) return 413;
-  return custodian::http::HttpStatusFor(code);
+  return http::HttpStatusFor(code);
 }
 
 InferenceApi::InferenceApi(LeaseManager& leases, Meter& meter, StatusProvider status,

@@ -16,7 +16,7 @@
 
 // Beast's HTTP parser only (the sockets are plain POSIX); asio.h sets the configuration every
 // Beast user must agree on.
-#include "custodian/http/asio.h"
+#include "http/asio.h"
 
 namespace custody::agent {
 

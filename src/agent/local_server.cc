@@ -23,12 +23,12 @@
 #include <nlohmann/json.hpp>
 
 // After asio.h, which sets the configuration every Asio user must agree on.
-#include "custodian/http/asio.h"
-#include "custodian/http/header_rules.h"
+#include "http/asio.h"
+#include "http/header_rules.h"
 // clang-format off
 #include <boost/asio/local/stream_protocol.hpp>
 // clang-format on
-#include "custodian/http/run_blocking.h"
+#include "http/run_blocking.h"
 
 namespace custody::agent {
 
@@ -43,8 +43,8 @@ using UnixStream = asio::local::stream_protocol;
 using Clock = std::chrono::steady_clock;
 using ErrorCode = boost::system::error_code;
 using Parser = bhttp::request_parser<bhttp::string_body>;
-using custodian::http::IsHeaderName;
-using custodian::http::IsHeaderValue;
+using http::IsHeaderName;
+using http::IsHeaderValue;
 
 // How long Stop waits for the I/O threads to close the listeners, and for connections to end
 // once they were closed by force.
@@ -719,7 +719,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     }
     ClearDeadline();  // the handler takes what it takes
     LocalServer::Core& core = core_;
-    LocalResponse response = co_await custodian::http::RunBlocking(
+    LocalResponse response = co_await http::RunBlocking(
         *core_.workers, [&core, &request] { return core.RunHandler(request); });
     co_return co_await Respond(ex, std::move(response));
   }

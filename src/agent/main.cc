@@ -67,8 +67,7 @@ int Run(const std::string& config_path) {
   Result<custody::agent::HardeningReport> hardened =
       custody::agent::HardenProcess({config->memory_lock});
   if (!hardened) return Fail(hardened.error().WithContext("process hardening"));
-  std::unique_ptr<custody::custodian::Logger> log =
-      custody::custodian::Logger::Stderr(config->log_level);
+  std::unique_ptr<custody::Logger> log = custody::Logger::Stderr(config->log_level);
   if (!hardened->full())
     log->Warn("process hardening incomplete", {{"report", hardened->ToString()}});
   Result<std::unique_ptr<custody::agent::Agent>> agent =
@@ -131,8 +130,7 @@ int main(int argc, char** argv) {
       exit_code = Fail(t.error());
       return;
     }
-    std::unique_ptr<custody::custodian::Logger> log =
-        custody::custodian::Logger::Stderr(config->log_level);
+    std::unique_ptr<custody::Logger> log = custody::Logger::Stderr(config->log_level);
     Result<std::string> device = custody::agent::Enroll(*config, {*t}, *log);
     if (!device) {
       exit_code = Fail(device.error());

@@ -31,12 +31,11 @@
 #include "core/protocol/audit.h"
 #include "core/protocol/json.h"
 #include "core/tpm/tpm_types.h"
-#include "custodian/http/client.h"
+#include "http/client.h"
 
 namespace custody::cli {
 namespace {
 
-namespace http = custodian::http;
 using nlohmann::json;
 
 constexpr size_t kMaxTokenFileBytes = 4096;

@@ -5,7 +5,7 @@
 #include <unordered_map>
 
 #include "custodian/admin_requests.h"
-#include "custodian/http/run_blocking.h"
+#include "http/run_blocking.h"
 
 namespace custody::custodian {
 namespace {

@@ -11,11 +11,11 @@
 
 #include <memory>
 
-#include "custodian/http/long_poll.h"
-#include "custodian/http/metrics.h"
-#include "custodian/http/router.h"
-#include "custodian/http/server.h"
 #include "custodian/service.h"
+#include "http/long_poll.h"
+#include "http/metrics.h"
+#include "http/router.h"
+#include "http/server.h"
 
 namespace custody::custodian {
 

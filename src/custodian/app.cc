@@ -8,12 +8,12 @@
 #include <thread>
 
 #include "core/base/file.h"
+#include "core/base/log.h"
 #include "custodian/api.h"
-#include "custodian/http/server.h"
 #include "custodian/keys.h"
-#include "custodian/log.h"
 #include "custodian/service.h"
 #include "custodian/store/sqlite_store.h"
+#include "http/server.h"
 
 namespace custody::custodian {
 

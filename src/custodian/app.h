@@ -9,9 +9,9 @@
 
 #include "core/base/status.h"
 #include "custodian/config.h"
-#include "custodian/http/router.h"
 #include "custodian/service.h"
 #include "custodian/store/store.h"
+#include "http/router.h"
 
 namespace custody::custodian {
 

@@ -35,10 +35,10 @@
 #include <cstdint>
 #include <string>
 
+#include "core/base/log.h"
 #include "core/base/status.h"
-#include "custodian/http/server.h"
-#include "custodian/log.h"
 #include "custodian/store/store.h"
+#include "http/server.h"
 
 namespace custody::custodian {
 

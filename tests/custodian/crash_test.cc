@@ -46,8 +46,8 @@
 #include "core/crypto/crypto.h"
 #include "core/protocol/audit.h"
 #include "core/protocol/messages.h"
-#include "custodian/http/client.h"
 #include "custodian/store/sqlite_store.h"
+#include "http/client.h"
 #include "tests/support/must.h"
 #include "tests/support/test_device.h"
 

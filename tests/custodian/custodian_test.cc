@@ -20,8 +20,8 @@
 #include "core/protocol/messages.h"
 #include "custodian/app.h"
 #include "custodian/ca.h"
-#include "custodian/http/client.h"
 #include "custodian/keys.h"
+#include "http/client.h"
 #include "tests/support/must.h"
 #include "tests/support/test_device.h"
 

@@ -136,7 +136,7 @@ Status AgentWorld::Provision() {
                            custodian::InitDataDir(dir_ + "/custodian", "127.0.0.1:0", {}, {}));
   admin_token_ = init.admin_token;
   CUSTODY_ASSIGN_OR_RETURN(config_, custodian::LoadConfig(init.config_path));
-  config_.log_level = custodian::LogLevel::kWarn;
+  config_.log_level = LogLevel::kWarn;
   ca_pem_ = ReadText(dir_ + "/custodian/keys/ca.pem");
   CUSTODY_RETURN_IF_ERROR(WriteText(dir_ + "/custodian-ca.pem", ca_pem_));
   CUSTODY_RETURN_IF_ERROR(StartCustodian());
@@ -190,12 +190,12 @@ Status AgentWorld::StartCustodian() {
   }
   app_ = std::move(app).value();
   port_ = app_->port();
-  custodian::http::ClientOptions o;
+  http::ClientOptions o;
   o.host = "127.0.0.1";
   o.port = port_;
   o.ca_pem = ca_pem_;
   o.bearer_token = admin_token_;
-  CUSTODY_ASSIGN_OR_RETURN(admin_, custodian::http::Client::Create(o));
+  CUSTODY_ASSIGN_OR_RETURN(admin_, http::Client::Create(o));
   return OkStatus();
 }
 
@@ -234,11 +234,11 @@ Result<std::string> AgentWorld::EnrollmentToken() {
 Result<nlohmann::json> AgentWorld::Admin(const std::string& method, const std::string& target,
                                          const nlohmann::json& body) {
   if (!admin_) return FailedPrecondition("the custodian is stopped");
-  custodian::http::ClientRequest req;
+  http::ClientRequest req;
   req.method = method;
   req.target = target;
   if (!body.is_null()) req.body = body.dump();
-  CUSTODY_ASSIGN_OR_RETURN(custodian::http::ClientResponse r, admin_->Send(req));
+  CUSTODY_ASSIGN_OR_RETURN(http::ClientResponse r, admin_->Send(req));
   if (r.status / 100 != 2) {
     return Internal(method + " " + target + ": HTTP " + std::to_string(r.status) + ": " + r.body);
   }

@@ -19,8 +19,8 @@
 #include "agent/local_client.h"
 #include "core/base/status.h"
 #include "custodian/app.h"
-#include "custodian/http/client.h"
 #include "engine/engine.h"
+#include "http/client.h"
 #include "tests/support/swtpm_fixture.h"
 
 namespace custody::testing {
@@ -91,7 +91,7 @@ class AgentWorld {
   std::string ca_pem_;
   uint16_t port_ = 0;
   std::unique_ptr<custodian::App> app_;
-  std::unique_ptr<custodian::http::Client> admin_;
+  std::unique_ptr<http::Client> admin_;
   std::unique_ptr<Swtpm> swtpm_;
   std::string model_id_;
   std::string licence_id_;

@@ -7,9 +7,9 @@
 namespace custody::testing {
 namespace {
 
-using custodian::http::Client;
-using custodian::http::ClientOptions;
-using custodian::http::ClientResponse;
+using http::Client;
+using http::ClientOptions;
+using http::ClientResponse;
 
 Result<Bytes> PublicKeyDer(const crypto::P256PrivateKey& key) {
   unsigned char* der = nullptr;
@@ -76,8 +76,8 @@ Result<std::unique_ptr<Client>> TestDevice::MakeClient(bool mutual_tls) const {
   return Client::Create(std::move(o));
 }
 
-Result<custodian::http::ClientResponse> TestDevice::Post(const std::string& target,
-                                                         const nlohmann::json& body) {
+Result<http::ClientResponse> TestDevice::Post(const std::string& target,
+                                              const nlohmann::json& body) {
   return client_->PostJson(target, body);
 }
 
@@ -126,7 +126,7 @@ Result<std::vector<protocol::LeasePayload>> TestDevice::Attest() {
 }
 
 Result<protocol::EventsResponse> TestDevice::Poll(uint64_t after, int wait_ms) {
-  custodian::http::ClientRequest req;
+  http::ClientRequest req;
   req.method = "GET";
   req.target = "/v1/events?after=" + std::to_string(after) + "&wait_ms=" + std::to_string(wait_ms);
   req.timeout = std::chrono::milliseconds(wait_ms + 10'000);

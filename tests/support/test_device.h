@@ -11,7 +11,7 @@
 
 #include "agent/device_protocol.h"
 #include "core/base/status.h"
-#include "custodian/http/client.h"
+#include "http/client.h"
 #include "tests/support/swtpm_fixture.h"
 
 namespace custody::testing {
@@ -46,17 +46,16 @@ class TestDevice {
   Result<SecretBuffer> Unwrap(const protocol::LeasePayload& lease);
 
   // Raw access for attacks.
-  Result<custodian::http::ClientResponse> Post(const std::string& target,
-                                               const nlohmann::json& body);
+  Result<http::ClientResponse> Post(const std::string& target, const nlohmann::json& body);
   tpm::Tpm& tpm() { return *tpm_; }
   Swtpm& swtpm() { return *swtpm_; }
   agent::DeviceIdentity& identity() { return identity_; }
-  custodian::http::Client& client() { return *client_; }
+  http::Client& client() { return *client_; }
   const std::string& tls_key_pem() const { return tls_key_pem_; }
 
  private:
   TestDevice() = default;
-  Result<std::unique_ptr<custodian::http::Client>> MakeClient(bool mutual_tls) const;
+  Result<std::unique_ptr<http::Client>> MakeClient(bool mutual_tls) const;
 
   uint16_t port_ = 0;
   std::string ca_pem_;
@@ -65,11 +64,11 @@ class TestDevice {
   agent::DeviceIdentity identity_;
   std::string tls_key_pem_;
   Bytes tls_spki_;
-  std::unique_ptr<custodian::http::Client> client_;
+  std::unique_ptr<http::Client> client_;
 };
 
 // Turns a non-2xx answer into the Status its error body describes (code and message), so tests
 // can assert on the custodian's refusal.
-Status StatusFromResponse(const custodian::http::ClientResponse& r);
+Status StatusFromResponse(const http::ClientResponse& r);
 
 }  // namespace custody::testing
