@@ -60,6 +60,28 @@ std::string RandomReportId() {
   return "rep_" + HexEncode(*random);
 }
 
+// An anomaly an earlier run found and stopped before reporting, rebuilt from what is on disk: a
+// written-off record the reports have not covered yet, or a journal other than the one reported.
+// Restoring state.json with the journal can make this repeat a report: an over-report, never a
+// missed one.
+std::string UnreportedAnomaly(const JournalSnapshot& snapshot, const AgentState& state,
+                              const std::string& journal) {
+  std::string out;
+  if (snapshot.written_off > 0) {
+    out = "the journal holds " + std::to_string(snapshot.written_off) +
+          " requests written off and not reported yet: an earlier start found it behind the TPM "
+          "counter (an older copy of the state directory was restored, or records were removed) "
+          "and stopped before it could report it";
+  }
+  if (!state.report_journal.empty() && state.report_journal != journal) {
+    out += std::string(out.empty() ? "" : "; ") + "the metering journal is " + journal +
+           ", not the journal " + state.report_journal +
+           " the last usage report came from: that one was lost or replaced, and its counts since "
+           "that report are lost (the budget is the TPM counter's)";
+  }
+  return out;
+}
+
 }  // namespace
 
 CustodianLink::CustodianLink(LinkOptions options, const DeviceIdentity& identity, SharedTpm& tpm,
@@ -280,7 +302,8 @@ Status CustodianLink::Report(Client& client) {
       snapshot = meter_.Snapshot(cursor);
     }
     if (!snapshot) return snapshot.error();
-    const std::string anomaly = meter_.anomaly();
+    std::string anomaly = meter_.anomaly();
+    if (anomaly.empty()) anomaly = UnreportedAnomaly(*snapshot, state, journal);
     if (snapshot->total == 0 && anomaly.empty() && state.report_journal == journal) {
       last_report_ = steady_clock::now();
       return OkStatus();
@@ -293,6 +316,7 @@ Status CustodianLink::Report(Client& client) {
     for (const auto& [key, count] : snapshot->counts) {
       p.counts.push_back({key.model_id, key.client, count});
     }
+    p.anomaly = anomaly.substr(0, protocol::kMaxAnomalyBytes);
     CUSTODY_RETURN_IF_ERROR(state_.Update([&](AgentState& s) {
       s.pending_report = p;
       s.report_journal = journal;
@@ -308,8 +332,7 @@ Status CustodianLink::Report(Client& client) {
   req.counter_certify = certified.counter_certify;
   req.counts = p.counts;
   req.prepaid = certified.prepaid;
-  const std::string anomaly = meter_.anomaly();
-  if (!anomaly.empty()) req.anomaly = anomaly.substr(0, protocol::kMaxAnomalyBytes);
+  if (!p.anomaly.empty()) req.anomaly = p.anomaly;
   CUSTODY_ASSIGN_OR_RETURN(ClientResponse r,
                            Post(client, "/v1/usage", protocol::ToJson(req), /*idempotent=*/true));
   const Status answer = AnswerStatus(r, "the usage report");
@@ -323,7 +346,11 @@ Status CustodianLink::Report(Client& client) {
     s.report_journal = journal;
     s.pending_report.reset();
   }));
-  if (req.anomaly) meter_.MarkAnomalyReported();
+  // This run's anomaly is done with once a report carried it; one a resent report from an earlier
+  // run did not carry goes with the next.
+  if (req.anomaly && meter_.anomaly().substr(0, protocol::kMaxAnomalyBytes) == *req.anomaly) {
+    meter_.MarkAnomalyReported();
+  }
   last_report_ = steady_clock::now();
   uint64_t total = 0;
   for (const auto& c : p.counts) total += c.count;

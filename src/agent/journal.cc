@@ -363,12 +363,13 @@ Result<UniqueFd> OpenJournalFile(const std::string& path) {
 
 // Counts in `later` beyond those in `earlier` (a state before it).
 JournalSnapshot Difference(uint64_t after_seq, const JournalState& later,
-                           const UsageCounts& earlier) {
+                           const UsageCounts& earlier, uint64_t earlier_written_off) {
   JournalSnapshot out;
   out.after_seq = after_seq;
   out.through_seq = later.last_seq;
   out.position = later.position();
   out.last_block = later.last_block;
+  out.written_off = later.written_off - earlier_written_off;
   for (const auto& [key, count] : later.served) {
     const auto before = earlier.find(key);
     const uint64_t more = count - (before == earlier.end() ? 0 : before->second);
@@ -616,9 +617,10 @@ Result<JournalSnapshot> Journal::SnapshotSince(uint64_t after_seq) const {
                            ": the last durable record is " + Num(durable_.last_seq));
   }
   if (after_seq == 0 || (checkpoint_.has_value() && checkpoint_->seq == after_seq)) {
-    JournalSnapshot out =
-        Difference(after_seq, durable_, after_seq == 0 ? UsageCounts() : checkpoint_->counts);
-    checkpoint_ = Checkpoint{durable_.last_seq, durable_.served};
+    JournalSnapshot out = after_seq == 0 ? Difference(after_seq, durable_, UsageCounts(), 0)
+                                         : Difference(after_seq, durable_, checkpoint_->counts,
+                                                      checkpoint_->written_off);
+    checkpoint_ = Checkpoint{durable_.last_seq, durable_.served, durable_.written_off};
     return out;
   }
   // Not at hand: read the records again, up to what is durable now. Appends go on meanwhile;
@@ -626,10 +628,11 @@ Result<JournalSnapshot> Journal::SnapshotSince(uint64_t after_seq) const {
   const JournalState durable = durable_;
   lock.unlock();
   UsageCounts before;
+  uint64_t written_off_before = 0;
   const JournalVisitor count_before = [&](const JournalRecord& r) {
-    if (r.type == JournalRecordType::kServed && r.seq <= after_seq) {
-      before[UsageKey{r.model_id, r.client}] += r.count;
-    }
+    if (r.seq > after_seq) return;
+    if (r.type == JournalRecordType::kServed) before[UsageKey{r.model_id, r.client}] += r.count;
+    if (r.type == JournalRecordType::kWrittenOff) written_off_before += r.count;
   };
   FileSource src(fd_, durable.bytes, path_);
   CUSTODY_ASSIGN_OR_RETURN(JournalScan scan, Scan(src, path_, count_before));
@@ -639,8 +642,8 @@ Result<JournalSnapshot> Journal::SnapshotSince(uint64_t after_seq) const {
                    "the file no longer holds the records this agent wrote to it");
   }
   lock.lock();
-  checkpoint_ = Checkpoint{durable.last_seq, durable.served};
-  return Difference(after_seq, durable, before);
+  checkpoint_ = Checkpoint{durable.last_seq, durable.served, durable.written_off};
+  return Difference(after_seq, durable, before, written_off_before);
 }
 
 }  // namespace custody::agent

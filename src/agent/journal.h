@@ -224,8 +224,9 @@ struct JournalSnapshot {
   uint64_t through_seq = 0;  // the next report's after_seq
   UsageCounts counts;
   uint64_t total = 0;
-  uint64_t position = 0;    // counter_base + every served count through through_seq
-  uint64_t last_block = 0;  // the last block recorded through through_seq
+  uint64_t written_off = 0;  // requests written off by records in the same range
+  uint64_t position = 0;     // counter_base + every served count through through_seq
+  uint64_t last_block = 0;   // the last block recorded through through_seq
 };
 
 struct OpenedJournal;
@@ -282,6 +283,7 @@ class Journal {
   struct Checkpoint {
     uint64_t seq;
     UsageCounts counts;
+    uint64_t written_off;
   };
 
   Journal(std::string path, int fd, JournalState state);

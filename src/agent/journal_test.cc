@@ -852,10 +852,17 @@ TEST_F(JournalTest, WritingOffTheGapAfterARollbackGivesNoBudgetBackAcrossReopens
   const JournalSnapshot snapshot = opened.journal->Snapshot();
   EXPECT_EQ(snapshot.position, kCounter);
   EXPECT_EQ(snapshot.counts, Counts({{{"m1", "kiosk"}, 10}})) << "written off is not served";
+  EXPECT_EQ(snapshot.written_off, 30u);
+  // A usage report cursor before the record sees it; one after it does not (in memory).
+  EXPECT_EQ(MUST(opened.journal->SnapshotSince(snapshot.through_seq)).written_off, 0u);
   opened.journal.reset();
 
-  const Reconciliation r =
-      MUST(Journal::Open(path_, kCounter, JournalOptions{kBlock})).reconciliation;
+  OpenedJournal reopened = MUST(Journal::Open(path_, kCounter, JournalOptions{kBlock}));
+  // From the file: the agent restarted before it reported the write-off.
+  EXPECT_EQ(MUST(reopened.journal->SnapshotSince(2)).written_off, 30u);
+  EXPECT_EQ(MUST(reopened.journal->SnapshotSince(snapshot.through_seq)).written_off, 0u);
+  const Reconciliation r = reopened.reconciliation;
+  reopened.journal.reset();
   EXPECT_FALSE(r.journal_behind_counter);
   EXPECT_FALSE(r.rollback_suspected);
   EXPECT_EQ(r.written_off, 30u);

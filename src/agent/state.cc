@@ -84,7 +84,7 @@ nlohmann::json CountsJson(const std::vector<protocol::UsageRequest::Count>& coun
 
 Result<PendingReport> ParsePending(const JsonObject& o) {
   CUSTODY_RETURN_IF_ERROR(
-      o.RejectUnknown({"report_id", "after_seq", "through_seq", "position", "counts"}));
+      o.RejectUnknown({"report_id", "after_seq", "through_seq", "position", "counts", "anomaly"}));
   PendingReport p;
   CUSTODY_ASSIGN_OR_RETURN(p.report_id, o.String("report_id", 64));
   CUSTODY_ASSIGN_OR_RETURN(p.after_seq, o.Uint("after_seq"));
@@ -100,6 +100,9 @@ Result<PendingReport> ParsePending(const JsonObject& o) {
     CUSTODY_ASSIGN_OR_RETURN(count.count, c.Uint("count"));
     p.counts.push_back(std::move(count));
   }
+  CUSTODY_ASSIGN_OR_RETURN(std::optional<std::string> anomaly,
+                           o.OptionalString("anomaly", protocol::kMaxAnomalyBytes));
+  p.anomaly = anomaly.value_or("");
   return p;
 }
 
@@ -210,6 +213,7 @@ nlohmann::json StateToJson(const AgentState& s) {
                              {"through_seq", p.through_seq},
                              {"position", p.position},
                              {"counts", CountsJson(p.counts)}};
+    if (!p.anomaly.empty()) out["pending_report"]["anomaly"] = p.anomaly;
   }
   return out;
 }

@@ -46,6 +46,7 @@ struct PendingReport {
   uint64_t through_seq = 0;
   uint64_t position = 0;  // the meter position the counts add up to
   std::vector<protocol::UsageRequest::Count> counts;
+  std::string anomaly;  // "" or the meter anomaly the report carries (kMaxAnomalyBytes at most)
 };
 
 struct AgentState {

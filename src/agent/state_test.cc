@@ -69,7 +69,8 @@ TEST_F(StateDirTest, IdentityStateAndLeasesRoundTripInOwnerOnlyFiles) {
   s.events_after = 12;
   s.report_cursor = 40;
   s.report_journal = "00ff";
-  s.pending_report = PendingReport{"rep_1", 40, 52, 300, {{"m1", "uid:1000", 12}}};
+  s.pending_report =
+      PendingReport{"rep_1", 40, 52, 300, {{"m1", "uid:1000", 12}}, "30 requests written off"};
   ASSERT_OK(dir.SaveState(s));
   const AgentState back = MUST(dir.LoadState());
   EXPECT_EQ(back.book.held.at("lic_a"), 7u);
@@ -78,7 +79,13 @@ TEST_F(StateDirTest, IdentityStateAndLeasesRoundTripInOwnerOnlyFiles) {
   ASSERT_TRUE(back.pending_report.has_value());
   EXPECT_EQ(back.pending_report->position, 300u);
   EXPECT_EQ(back.pending_report->counts.at(0).client, "uid:1000");
+  EXPECT_EQ(back.pending_report->anomaly, "30 requests written off");
   EXPECT_EQ(StateToJson(back), StateToJson(s));
+  // A report without an anomaly has no such key (the files of earlier versions read the same).
+  s.pending_report->anomaly.clear();
+  EXPECT_FALSE(StateToJson(s)["pending_report"].contains("anomaly"));
+  ASSERT_OK(dir.SaveState(s));
+  EXPECT_EQ(MUST(dir.LoadState()).pending_report->anomaly, "");
 
   ASSERT_OK(dir.SaveLeases({nlohmann::json{{"type", "custody.lease.v1"}}}));
   EXPECT_EQ(MUST(dir.LoadLeases()).size(), 1u);

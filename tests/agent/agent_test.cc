@@ -397,6 +397,52 @@ TEST_F(AgentE2eTest, RolledBackStateDirectoryNeverGivesBudgetBack) {
       << agent_->Log();
 }
 
+TEST_F(AgentE2eTest, RollbackFoundOfflineIsReportedAfterTheNextStart) {
+  WorldOptions o;
+  o.budget = 12;
+  ASSERT_NO_FATAL_FAILURE(Make(o));
+  ASSERT_NO_FATAL_FAILURE(StartAgent());
+  ASSERT_NO_FATAL_FAILURE(WaitServing());
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(InferNow().status, 200);
+  ASSERT_NO_FATAL_FAILURE(StopAgent());
+  const std::string saved = world_->dir() + "/saved-state";
+  std::filesystem::copy(world_->state_dir(), saved, std::filesystem::copy_options::recursive);
+  ASSERT_NO_FATAL_FAILURE(StartAgent());
+  for (int i = 0; i < 6; ++i) ASSERT_EQ(InferNow().status, 200);
+  ASSERT_NO_FATAL_FAILURE(StopAgent());
+
+  // The copy goes back while the custodian cannot be reached, and the agent stops before it can
+  // report what it found.
+  std::filesystem::remove_all(world_->state_dir());
+  std::filesystem::copy(saved, world_->state_dir(), std::filesystem::copy_options::recursive);
+  world_->StopCustodian();
+  ASSERT_NO_FATAL_FAILURE(StartAgent());
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        return agent_->Log().find("an older copy of the state directory was restored") !=
+               std::string::npos;
+      },
+      10s))
+      << agent_->Log();
+  ASSERT_NO_FATAL_FAILURE(StopAgent());
+  ASSERT_OK(world_->StartCustodian());
+  ASSERT_TRUE(MUST(world_->AuditEntries("device.meter_anomaly")).empty());
+
+  // The written-off record in the journal is what the next start reports from.
+  ASSERT_NO_FATAL_FAILURE(StartAgent());
+  std::vector<nlohmann::json> audited;
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        audited = MUST(world_->AuditEntries("device.meter_anomaly"));
+        return !audited.empty();
+      },
+      20s))
+      << agent_->Log();
+  ASSERT_EQ(audited.size(), 1u);
+  EXPECT_NE(audited[0].dump().find("written off and not reported yet"), std::string::npos)
+      << audited[0].dump();
+}
+
 TEST_F(AgentE2eTest, TamperedSealedModelIsRefused) {
   ASSERT_NO_FATAL_FAILURE(Make({}));
   Bytes sealed = MUST(ReadFile(world_->sealed_path()));
