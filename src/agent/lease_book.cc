@@ -189,6 +189,13 @@ uint64_t LeaseBook::contact_tpm_clock_ms() const {
   return contact;
 }
 
+uint64_t LeaseBook::PossibleClockLossMs(TpmTime tpm) const {
+  if (tpm.safe || !state_.contact_reset_count || tpm.reset_count <= *state_.contact_reset_count) {
+    return 0;
+  }
+  return uint64_t{tpm.reset_count - *state_.contact_reset_count} * kClockLossPerResetMs;
+}
+
 uint64_t LeaseBook::min_offline_grace_ms() const {
   uint64_t grace = 0;
   for (const auto& [id, h] : leases_) {
@@ -213,7 +220,15 @@ LeaseVerdict LeaseBook::Check(const HeldLease& held, std::chrono::system_clock::
                       " ms): the TPM lost time in a power cut, so the time spent offline is "
                       "unknown; serving resumes once the device reaches the custodian");
   }
-  const uint64_t elapsed = tpm.clock_ms - contact;
+  // Power cuts since the contact may have taken time off the clock: counted as the most they can.
+  const uint64_t lost = PossibleClockLossMs(tpm);
+  const uint64_t elapsed = tpm.clock_ms - contact + lost;
+  const std::string lost_note =
+      lost == 0 ? std::string()
+                : " (" + DescribeMs(lost) + " of it for " +
+                      Num(tpm.reset_count - *state_.contact_reset_count) +
+                      " TPM reset(s) while the TPM clock is not safe: a power cut can set the "
+                      "clock back, so each counts as the most it can take)";
   // The licence's end on the TPM clock: a system clock set back does not move it.
   const auto span = held.not_after - held.issued_at;
   const uint64_t span_ms = span.count() > 0 ? static_cast<uint64_t>(span.count()) * 1000 : 0;
@@ -228,7 +243,8 @@ LeaseVerdict LeaseBook::Check(const HeldLease& held, std::chrono::system_clock::
                   "the offline grace of " + DescribeMs(l.offline_grace_ms) + " ran out " +
                       DescribeMs(over) + " ago (about " + WallAgo(now, over) +
                       "): the custodian was last reached " + DescribeMs(elapsed) +
-                      " ago by the TPM clock; serving resumes once the device reaches it");
+                      " ago by the TPM clock" + lost_note +
+                      "; serving resumes once the device reaches it");
   }
   if (position >= l.counter_limit) {
     return Refuse(Refusal::kBudgetExhausted, "the inference budget of licence " + l.licence_id +

@@ -18,6 +18,11 @@
 //    signed. Setting the system clock back extends nothing (the TPM clock cannot be set back);
 //    restoring older files can only give an older contact, hence less grace. A TPM clock below
 //    the contact means the TPM lost time in a power cut: refused until the next attestation.
+//    A clock that fell back to a value still above the contact is caught by the TPM's `safe`
+//    flag: while it is NO, every TPM reset since the contact counts kClockLossPerResetMs of
+//    offline time, about the most a TPM clock can fall back (see kClockLossPerResetMs).
+//    The reset count at the contact is recorded when the contact moves (state().
+//    contact_reset_count); without it nothing is added.
 //    not_after is also mapped onto the TPM clock (contact + not_after - issued_at) so that a
 //    system clock set back cannot extend the licence's end either.
 //  - Budget: a lease serves while the meter position (requests, counter x unit) is below its
@@ -44,8 +49,14 @@ namespace custody::agent {
 // A reading of the TPM clock (TPM2_ReadClock), possibly extrapolated with the monotonic clock.
 struct TpmTime {
   uint64_t clock_ms = 0;
-  bool safe = true;  // false after a power cut until the TPM saved its clock again
+  bool safe = true;          // false after a power cut until the TPM saved its clock again
+  uint32_t reset_count = 0;  // TPM resets (boots) since the TPM was cleared
 };
+
+// How far a TPM clock can fall back in one power cut: the TCG reference implementation saves Clock
+// to NV about every 70 minutes (NV_CLOCK_UPDATE_INTERVAL; 2^22 ms here). swtpm saves every 4 s. A
+// TPM that saves less often than this can lose more (THREATS.md).
+inline constexpr uint64_t kClockLossPerResetMs = uint64_t{1} << 22;
 
 // Why a lease does not serve. Names (RefusalName) are stable: the API sends them to clients in
 // the Custody-Refusal header and the status endpoint shows them.
@@ -100,6 +111,8 @@ struct LeaseBookState {
   // licence id -> sequence of the lease held for it: a lease file is restored only if it is that
   // very lease.
   std::map<std::string, uint64_t> held;
+  // The TPM's reset count when the contact (contact_tpm_clock_ms) last moved; unknown before.
+  std::optional<uint32_t> contact_reset_count;
 };
 
 class LeaseBook {
@@ -127,6 +140,10 @@ class LeaseBook {
 
   // The TPM clock of the latest verified attestation the leases held carry (0: none).
   uint64_t contact_tpm_clock_ms() const;
+  // The contact moved (new leases) while the TPM's reset count was `reset_count`.
+  void SetContactResetCount(uint32_t reset_count) { state_.contact_reset_count = reset_count; }
+  // Offline time the TPM clock may have lost since the contact (see Time above), in ms.
+  uint64_t PossibleClockLossMs(TpmTime tpm) const;
   // The smallest offline grace of the leases held (0: none).
   uint64_t min_offline_grace_ms() const;
   const std::map<std::string, HeldLease>& leases() const { return leases_; }  // by licence id

@@ -147,6 +147,30 @@ TEST(LeaseBookTest, TpmClockBehindTheAttestationIsRefusedUntilTheNextOne) {
                 Refusal::kClockBehind, "power cut");
 }
 
+TEST(LeaseBookTest, PowerCutsThatSetTheClockBackAboveTheAttestationCountAsTheMostTheyCanTake) {
+  // The attacker cuts power before the TPM saves its clock: the clock falls back, but stays above
+  // the contact. The TPM then says `safe = NO` and its reset count has grown.
+  LeaseBook book("dev_1", {});
+  HeldLease long_grace = Lease("lic_a", 1);
+  long_grace.lease.offline_grace_ms = 3 * 3600 * 1000;  // 3 h
+  ASSERT_TRUE(book.Accept(std::move(long_grace)).ok());
+  const HeldLease& held = book.leases().at("lic_a");
+  const TpmTime one_cut{kContact + 1000, false, 8};
+  // Nothing recorded about the contact's boot (a state file from before): nothing added.
+  EXPECT_EQ(book.PossibleClockLossMs(one_cut), 0u);
+  book.SetContactResetCount(7);
+  EXPECT_EQ(book.PossibleClockLossMs(one_cut), kClockLossPerResetMs);
+  EXPECT_TRUE(book.Check(held, kNow, one_cut, 0).ok()) << "70 min of a 3 h grace";
+  // Three cuts: 3 x 70 min is more than the grace.
+  ExpectRefusal(book.Check(held, kNow, {kContact + 1000, false, 10}, 0), Refusal::kGraceExpired,
+                "for 3 TPM reset(s) while the TPM clock is not safe");
+  // A safe clock lost nothing, and the contact's own boot adds nothing.
+  EXPECT_TRUE(book.Check(held, kNow, {kContact + 1000, true, 10}, 0).ok());
+  EXPECT_TRUE(book.Check(held, kNow, {kContact + 1000, false, 7}, 0).ok());
+  // The state keeps what was recorded.
+  EXPECT_EQ(book.state().contact_reset_count, std::optional<uint32_t>(7));
+}
+
 TEST(LeaseBookTest, LicenceEndIsCheckedOnTheWallClockAndOnTheTpmClock) {
   LeaseBook book("dev_1", {});
   HeldLease short_lease = Lease("lic_a", 1);

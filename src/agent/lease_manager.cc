@@ -90,6 +90,7 @@ std::vector<std::string> LeaseManager::ApplyLeases(const std::vector<nlohmann::j
   {
     std::lock_guard lock(mu_);
     bool changed = false;
+    const uint64_t contact_before = book_.contact_tpm_clock_ms();
     for (HeldLease& held : verified) {
       const std::string licence = held.lease.licence_id;
       const std::string model_id = held.lease.model_id;
@@ -105,6 +106,10 @@ std::vector<std::string> LeaseManager::ApplyLeases(const std::vector<nlohmann::j
       auto slot = slots_.find(licence);
       // A new lease on a licence whose model is loaded changes limits and times, not the model.
       if (slot == slots_.end() || !slot->second.model) to_load.push_back(licence);
+    }
+    // The clock the new leases are measured from is this boot's (the agent read it just before).
+    if (book_.contact_tpm_clock_ms() > contact_before && tpm_time_) {
+      book_.SetContactResetCount(tpm_time_->reset_count);
     }
     if (changed) {
       const Status persisted = PersistLocked();
@@ -215,7 +220,7 @@ TpmTime LeaseManager::TpmNowLocked() const {
   const auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(
       std::chrono::steady_clock::now() - tpm_time_at_);
   return {tpm_time_->clock_ms + static_cast<uint64_t>(std::max<int64_t>(elapsed.count(), 0)),
-          tpm_time_->safe};
+          tpm_time_->safe, tpm_time_->reset_count};
 }
 
 const HeldLease* LeaseManager::FindLeaseLocked(std::string_view name, std::string_view version,
@@ -281,7 +286,7 @@ std::optional<uint64_t> LeaseManager::MsSinceContact() const {
   if (book_.leases().empty()) return std::nullopt;
   const TpmTime now = TpmNowLocked();
   const uint64_t contact = book_.contact_tpm_clock_ms();
-  return now.clock_ms > contact ? now.clock_ms - contact : 0;
+  return (now.clock_ms > contact ? now.clock_ms - contact : 0) + book_.PossibleClockLossMs(now);
 }
 
 uint64_t LeaseManager::MinOfflineGraceMs() const {
@@ -320,7 +325,8 @@ nlohmann::json LeaseManager::Describe(uint64_t position) const {
       verdict = slot == nullptr ? LeaseVerdict{Refusal::kModelUnavailable, "loading"}
                                 : LeaseVerdict{slot->failure, slot->failure_message};
     }
-    const uint64_t elapsed = tpm.clock_ms > contact ? tpm.clock_ms - contact : 0;
+    const uint64_t elapsed =
+        (tpm.clock_ms > contact ? tpm.clock_ms - contact : 0) + book_.PossibleClockLossMs(tpm);
     nlohmann::json m = {
         {"name", l.model_name},
         {"version", l.model_version},
@@ -364,7 +370,12 @@ nlohmann::json LeaseManager::Describe(uint64_t position) const {
   return {{"models", models},
           {"revocations", revocations},
           {"device_revoked", book_.device_revocation() != nullptr},
-          {"tpm_clock", {{"clock_ms", tpm.clock_ms}, {"safe", tpm.safe}, {"contact_ms", contact}}},
+          {"tpm_clock",
+           {{"clock_ms", tpm.clock_ms},
+            {"safe", tpm.safe},
+            {"contact_ms", contact},
+            {"reset_count", tpm.reset_count},
+            {"possible_loss_ms", book_.PossibleClockLossMs(tpm)}}},
           {"lease_sequence", book_.state().max_sequence},
           {"revocation_epoch", book_.state().revocation_epoch}};
 }

@@ -309,6 +309,50 @@ TEST_F(AgentE2eTest, SystemClockMovedBackDuringOfflineGraceDoesNotExtendIt) {
 
 // ----- attacks ------------------------------------------------------------------------------
 
+TEST_F(AgentE2eTest, PowerCutThatSetsTheTpmClockBackDoesNotExtendTheGrace) {
+  WorldOptions o;
+  o.offline_grace_s = 600;  // far longer than the test, shorter than what one power cut counts
+  ASSERT_NO_FATAL_FAILURE(Make(o));
+  ASSERT_NO_FATAL_FAILURE(StartAgent());
+  ASSERT_NO_FATAL_FAILURE(WaitServing());
+  const uint64_t contact = Status()["tpm_clock"]["contact_ms"].get<uint64_t>();
+  ASSERT_NO_FATAL_FAILURE(StopAgent());
+
+  // Offline, the power is cut before the TPM saved its clock: the clock falls back. Once it is
+  // above the attestation again, only the TPM's `safe` flag and reset count tell.
+  world_->StopCustodian();
+  ASSERT_OK(world_->swtpm().Restart(Swtpm::Shutdown::kPowerCut));
+  std::string clock;
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        clock = MUST(world_->swtpm().Tool({"tpm2_readclock"}));
+        const size_t at = clock.find("clock: ");
+        return at != std::string::npos && std::stoull(clock.substr(at + 7)) > contact + 500;
+      },
+      60s))
+      << clock;
+  ASSERT_NE(clock.find("safe: no"), std::string::npos) << clock;
+
+  ASSERT_NO_FATAL_FAILURE(StartAgent());
+  agent::LocalAnswer refused;
+  EXPECT_TRUE(WaitUntil(
+      [&] {
+        refused = InferNow();
+        return RefusalOf(refused) == "offline_grace_expired";
+      },
+      20s))
+      << refused.body << "\n"
+      << agent_->Log();
+  EXPECT_NE(refused.body.find("1 TPM reset(s) while the TPM clock is not safe"), std::string::npos)
+      << refused.body;
+  EXPECT_EQ(Status()["tpm_clock"]["possible_loss_ms"].get<uint64_t>(), agent::kClockLossPerResetMs);
+
+  // Back online: a new attestation is a new reference, and serving resumes.
+  ASSERT_OK(world_->StartCustodian());
+  ASSERT_NO_FATAL_FAILURE(WaitServing());
+  EXPECT_EQ(Status()["tpm_clock"]["possible_loss_ms"].get<uint64_t>(), 0u);
+}
+
 TEST_F(AgentE2eTest, CopiedStateDirectoryOnAnotherTpmGetsNoLeaseAndNoModel) {
   ASSERT_NO_FATAL_FAILURE(Make({}));
   ASSERT_NO_FATAL_FAILURE(StartAgent());
