@@ -190,7 +190,7 @@ uint64_t LeaseBook::contact_tpm_clock_ms() const {
 }
 
 uint64_t LeaseBook::PossibleClockLossMs(TpmTime tpm) const {
-  if (tpm.safe || !state_.contact_reset_count || tpm.reset_count <= *state_.contact_reset_count) {
+  if (!state_.contact_reset_count || tpm.reset_count <= *state_.contact_reset_count) {
     return 0;
   }
   return uint64_t{tpm.reset_count - *state_.contact_reset_count} * kClockLossPerResetMs;
@@ -227,8 +227,9 @@ LeaseVerdict LeaseBook::Check(const HeldLease& held, std::chrono::system_clock::
       lost == 0 ? std::string()
                 : " (" + DescribeMs(lost) + " of it for " +
                       Num(tpm.reset_count - *state_.contact_reset_count) +
-                      " TPM reset(s) while the TPM clock is not safe: a power cut can set the "
-                      "clock back, so each counts as the most it can take)";
+                      " TPM reset(s) since then: a power cut can set the TPM clock back, and "
+                      "afterwards cannot be told from a clean reboot, so each reset counts as the "
+                      "most a cut can take)";
   // The licence's end on the TPM clock: a system clock set back does not move it.
   const auto span = held.not_after - held.issued_at;
   const uint64_t span_ms = span.count() > 0 ? static_cast<uint64_t>(span.count()) * 1000 : 0;

@@ -18,11 +18,11 @@
 //    signed. Setting the system clock back extends nothing (the TPM clock cannot be set back);
 //    restoring older files can only give an older contact, hence less grace. A TPM clock below
 //    the contact means the TPM lost time in a power cut: refused until the next attestation.
-//    A clock that fell back to a value still above the contact is caught by the TPM's `safe`
-//    flag: while it is NO, every TPM reset since the contact counts kClockLossPerResetMs of
-//    offline time, about the most a TPM clock can fall back (see kClockLossPerResetMs).
-//    The reset count at the contact is recorded when the contact moves (state().
-//    contact_reset_count); without it nothing is added.
+//    A clock that fell back to a value still above the contact shows only as `safe = NO`, and
+//    only until the TPM next saves its clock; afterwards a power cut and a clean reboot look the
+//    same. So every TPM reset since the contact counts kClockLossPerResetMs of offline time,
+//    about the most a TPM clock can fall back. The reset count at the contact is recorded when
+//    the contact moves (state().contact_reset_count); without it nothing is added.
 //    not_after is also mapped onto the TPM clock (contact + not_after - issued_at) so that a
 //    system clock set back cannot extend the licence's end either.
 //  - Budget: a lease serves while the meter position (requests, counter x unit) is below its

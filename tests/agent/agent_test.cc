@@ -319,7 +319,8 @@ TEST_F(AgentE2eTest, PowerCutThatSetsTheTpmClockBackDoesNotExtendTheGrace) {
   ASSERT_NO_FATAL_FAILURE(StopAgent());
 
   // Offline, the power is cut before the TPM saved its clock: the clock falls back. Once it is
-  // above the attestation again, only the TPM's `safe` flag and reset count tell.
+  // above the attestation again, only the TPM's reset count tells (its `safe` flag only until
+  // the next save, 4 s on swtpm).
   world_->StopCustodian();
   ASSERT_OK(world_->swtpm().Restart(Swtpm::Shutdown::kPowerCut));
   std::string clock;
@@ -331,7 +332,6 @@ TEST_F(AgentE2eTest, PowerCutThatSetsTheTpmClockBackDoesNotExtendTheGrace) {
       },
       60s))
       << clock;
-  ASSERT_NE(clock.find("safe: no"), std::string::npos) << clock;
 
   ASSERT_NO_FATAL_FAILURE(StartAgent());
   agent::LocalAnswer refused;
@@ -343,8 +343,7 @@ TEST_F(AgentE2eTest, PowerCutThatSetsTheTpmClockBackDoesNotExtendTheGrace) {
       20s))
       << refused.body << "\n"
       << agent_->Log();
-  EXPECT_NE(refused.body.find("1 TPM reset(s) while the TPM clock is not safe"), std::string::npos)
-      << refused.body;
+  EXPECT_NE(refused.body.find("for 1 TPM reset(s) since then"), std::string::npos) << refused.body;
   EXPECT_EQ(Status()["tpm_clock"]["possible_loss_ms"].get<uint64_t>(), agent::kClockLossPerResetMs);
 
   // Back online: a new attestation is a new reference, and serving resumes.
