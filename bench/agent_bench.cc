@@ -81,12 +81,6 @@ Args ParseArgs(int argc, char** argv) {
   return a;
 }
 
-double Percentile(std::vector<double> v, double p) {
-  std::sort(v.begin(), v.end());
-  const size_t i = std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())));
-  return v[i];
-}
-
 // A deterministic input of `shape` named `name`.
 engine::Tensor MakeInput(const std::string& name, std::vector<int64_t> shape) {
   size_t n = 1;
@@ -129,16 +123,15 @@ class Subject {
           "custody-agent did not come up");
     client_ = Connect();
     // Until the model is loaded the agent answers 503.
-    const auto deadline = Clock::now() + std::chrono::seconds(120);
-    while (true) {
-      Result<agent::LocalAnswer> a = Send(*client_);
-      if (a && a->status == 200) break;
-      if (Clock::now() > deadline) {
-        Die("the agent never served " + name + ": " + (a ? a->body : a.error().ToString()) + "\n" +
-            agent_->Log());
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
+    std::string last;
+    const bool serving = testing::WaitUntil(
+        [&] {
+          Result<agent::LocalAnswer> a = Send(*client_);
+          last = a ? a->body : a.error().ToString();
+          return a && a->status == 200;
+        },
+        std::chrono::seconds(120));
+    if (!serving) Die("the agent never served " + name + ": " + last + "\n" + agent_->Log());
   }
 
   ~Subject() {

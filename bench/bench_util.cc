@@ -62,6 +62,12 @@ double Median(std::vector<double> v) {
   return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())))];
+}
+
 const char* Verdict(bool pass) { return pass ? "PASS" : "MISS"; }
 
 void FillPseudoRandom(MutableByteSpan out, uint64_t* state) {

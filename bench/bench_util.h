@@ -42,6 +42,8 @@ std::string DefaultScratchDir();
 
 double Seconds(Clock::time_point from, Clock::time_point to);
 double Median(std::vector<double> v);
+// The value below which a fraction `p` (0..1) of `v` lies (nearest rank); 0 for an empty `v`.
+double Percentile(std::vector<double> v, double p);
 const char* Verdict(bool pass);  // "PASS" / "MISS"
 
 // Deterministic, incompressible-looking bytes (splitmix64 from `*state`, which advances), so

@@ -164,13 +164,6 @@ void Cleanup() {
 
 // ----- statistics and process figures --------------------------------------------------------
 
-double Percentile(std::vector<double>& sorted, double p) {
-  if (sorted.empty()) return 0;
-  const size_t i =
-      std::min(sorted.size() - 1, static_cast<size_t>(p * static_cast<double>(sorted.size())));
-  return sorted[i];
-}
-
 // CPU seconds (user + system) a process has used so far.
 double CpuSeconds(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/stat");

@@ -2,10 +2,9 @@
 
 #include <grp.h>
 
-#include <algorithm>
-#include <cctype>
 #include <charconv>
 
+#include "core/base/bytes.h"
 #include "core/base/file.h"
 #include "core/config/toml_reader.h"
 
@@ -193,12 +192,9 @@ Status CheckCustodianUrl(const AgentConfig& config, std::string_view url) {
   std::string host;
   uint16_t port = 0;
   CUSTODY_RETURN_IF_ERROR(ParseHttpsUrl(url, "--custodian", host, port));
-  const bool same_host = std::equal(host.begin(), host.end(), config.custodian.host.begin(),
-                                    config.custodian.host.end(), [](char a, char b) {
-                                      return std::tolower(static_cast<unsigned char>(a)) ==
-                                             std::tolower(static_cast<unsigned char>(b));
-                                    });
-  if (same_host && port == config.custodian.port) return OkStatus();
+  if (EqualsIgnoreCase(host, config.custodian.host) && port == config.custodian.port) {
+    return OkStatus();
+  }
   return InvalidArgument(
       "--custodian " + std::string(url) +
       " is not the custodian the configuration names (custodian.url = " + config.custodian.url +

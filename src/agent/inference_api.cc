@@ -42,8 +42,8 @@ std::string_view Path(std::string_view target) {
 
 int HttpStatusFor(StatusCode code) {
   if (code == StatusCode::kOk) return 200;
-  // What the KServe codec refuses as too large is the request's own size (413); a full queue is
-  // answered 429 where it happens.
+  // What the KServe codec refuses as too large is the request's own size (413). A full queue never
+  // gets here: the local server answers it 503 with Retry-After.
   if (code == StatusCode::kResourceExhausted) return 413;
   return http::HttpStatusFor(code);
 }

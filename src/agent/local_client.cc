@@ -16,6 +16,7 @@
 
 // Beast's HTTP parser only (the sockets are plain POSIX); asio.h sets the configuration every
 // Beast user must agree on.
+#include "core/base/bytes.h"
 #include "http/asio.h"
 
 namespace custody::agent {
@@ -53,13 +54,6 @@ bool IsClean(std::string_view s, bool allow_space) {
     const auto u = static_cast<unsigned char>(c);
     return u < 0x20 ? !(allow_space && c == '\t') : u == 0x7f || (c == ' ' && !allow_space);
   });
-}
-
-bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) ==
-                  std::tolower(static_cast<unsigned char>(y));
-         });
 }
 
 std::string DurationText(std::chrono::milliseconds d) {

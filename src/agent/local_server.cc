@@ -28,6 +28,7 @@
 // clang-format off
 #include <boost/asio/local/stream_protocol.hpp>
 // clang-format on
+#include "http/router.h"
 #include "http/run_blocking.h"
 
 namespace custody::agent {
@@ -118,22 +119,6 @@ LocalResponse BusyResponse(std::string_view message) {
 
 LocalResponse StoppingResponse() {
   return BusyResponse("the agent is stopping; retry on a new connection");
-}
-
-// An authorizer's refusal as an answer.
-int StatusForRefusal(StatusCode code) {
-  switch (code) {
-    case StatusCode::kUnauthenticated:
-      return 401;
-    case StatusCode::kPermissionDenied:
-      return 403;
-    case StatusCode::kResourceExhausted:
-      return 429;
-    case StatusCode::kUnavailable:
-      return 503;
-    default:
-      return 500;
-  }
 }
 
 void AppendNumber(std::string& out, uint64_t v) {
@@ -667,7 +652,7 @@ class Session final : public SessionBase, public std::enable_shared_from_this<Se
     if (!client) {
       core_.rejected_auth.fetch_add(1, std::memory_order_relaxed);
       co_return co_await Respond(
-          ex, ErrorResponse(StatusForRefusal(client.error().code()), client.error().message()));
+          ex, ErrorResponse(http::HttpStatusFor(client.error().code()), client.error().message()));
     }
     request.client = std::move(*client);
 

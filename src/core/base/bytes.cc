@@ -1,6 +1,14 @@
 #include "core/base/bytes.h"
 
+#include <algorithm>
+
 namespace custody {
+
+bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
+  const auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; };
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(),
+                                            [&](char x, char y) { return lower(x) == lower(y); });
+}
 
 std::string HexEncode(ByteSpan bytes) {
   static constexpr char kDigits[] = "0123456789abcdef";

@@ -26,6 +26,9 @@ inline std::string_view AsChars(ByteSpan b) {
   return std::string_view(reinterpret_cast<const char*>(b.data()), b.size());
 }
 
+// ASCII case-insensitive equality (header names, host names); other bytes compare exactly.
+bool EqualsIgnoreCase(std::string_view a, std::string_view b);
+
 // Lower-case hex, no separators.
 std::string HexEncode(ByteSpan bytes);
 // Accepts upper or lower case; fails on odd length or a non-hex character.

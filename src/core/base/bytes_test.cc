@@ -13,6 +13,14 @@ TEST(Bytes, HexRoundTripAndErrors) {
   EXPECT_EQ(HexDecode("zz").error().code(), StatusCode::kInvalidArgument);
 }
 
+TEST(Bytes, EqualsIgnoreCaseFoldsAsciiLettersOnly) {
+  EXPECT_TRUE(EqualsIgnoreCase("Content-Length", "content-length"));
+  EXPECT_TRUE(EqualsIgnoreCase("", ""));
+  EXPECT_FALSE(EqualsIgnoreCase("host", "hosts"));
+  EXPECT_FALSE(EqualsIgnoreCase("a[", "A{"));  // '[' and '{' are 32 apart but not letters
+  EXPECT_FALSE(EqualsIgnoreCase("\xc3\xa9", "\xc3\x89"));  // UTF-8 is compared exactly
+}
+
 TEST(Bytes, BigEndianHelpersRoundTrip) {
   Bytes out;
   AppendBigEndian16(out, 0x0102);
