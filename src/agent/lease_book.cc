@@ -196,6 +196,11 @@ uint64_t LeaseBook::PossibleClockLossMs(TpmTime tpm) const {
   return uint64_t{tpm.reset_count - *state_.contact_reset_count} * kClockLossPerResetMs;
 }
 
+uint64_t LeaseBook::OfflineMs(TpmTime tpm) const {
+  const uint64_t contact = contact_tpm_clock_ms();
+  return (tpm.clock_ms > contact ? tpm.clock_ms - contact : 0) + PossibleClockLossMs(tpm);
+}
+
 uint64_t LeaseBook::min_offline_grace_ms() const {
   uint64_t grace = 0;
   for (const auto& [id, h] : leases_) {
@@ -222,7 +227,7 @@ LeaseVerdict LeaseBook::Check(const HeldLease& held, std::chrono::system_clock::
   }
   // Power cuts since the contact may have taken time off the clock: counted as the most they can.
   const uint64_t lost = PossibleClockLossMs(tpm);
-  const uint64_t elapsed = tpm.clock_ms - contact + lost;
+  const uint64_t elapsed = OfflineMs(tpm);
   const std::string lost_note =
       lost == 0 ? std::string()
                 : " (" + DescribeMs(lost) + " of it for " +

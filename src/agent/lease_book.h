@@ -144,6 +144,9 @@ class LeaseBook {
   void SetContactResetCount(uint32_t reset_count) { state_.contact_reset_count = reset_count; }
   // Offline time the TPM clock may have lost since the contact (see Time above), in ms.
   uint64_t PossibleClockLossMs(TpmTime tpm) const;
+  // Offline time since the contact, in ms, as the grace counts it: the TPM clock's advance (0 if
+  // it is behind) plus PossibleClockLossMs.
+  uint64_t OfflineMs(TpmTime tpm) const;
   // The smallest offline grace of the leases held (0: none).
   uint64_t min_offline_grace_ms() const;
   const std::map<std::string, HeldLease>& leases() const { return leases_; }  // by licence id

@@ -160,6 +160,9 @@ TEST(LeaseBookTest, PowerCutsThatSetTheClockBackAboveTheAttestationCountAsTheMos
   EXPECT_EQ(book.PossibleClockLossMs(one_cut), 0u);
   book.SetContactResetCount(7);
   EXPECT_EQ(book.PossibleClockLossMs(one_cut), kClockLossPerResetMs);
+  EXPECT_EQ(book.OfflineMs(one_cut), 1000 + kClockLossPerResetMs) << "what status shows as well";
+  EXPECT_EQ(book.OfflineMs({kContact - 5, false, 7}), 0u)
+      << "a clock behind is refused, not negative";
   EXPECT_TRUE(book.Check(held, kNow, one_cut, 0).ok()) << "70 min of a 3 h grace";
   // Three cuts: 3 x 70 min is more than the grace.
   ExpectRefusal(book.Check(held, kNow, {kContact + 1000, false, 10}, 0), Refusal::kGraceExpired,

@@ -284,9 +284,7 @@ std::shared_ptr<const LoadedModel> LeaseManager::Find(std::string_view name,
 std::optional<uint64_t> LeaseManager::MsSinceContact() const {
   std::lock_guard lock(mu_);
   if (book_.leases().empty()) return std::nullopt;
-  const TpmTime now = TpmNowLocked();
-  const uint64_t contact = book_.contact_tpm_clock_ms();
-  return (now.clock_ms > contact ? now.clock_ms - contact : 0) + book_.PossibleClockLossMs(now);
+  return book_.OfflineMs(TpmNowLocked());
 }
 
 uint64_t LeaseManager::MinOfflineGraceMs() const {
@@ -315,6 +313,7 @@ nlohmann::json LeaseManager::Describe(uint64_t position) const {
   const TpmTime tpm = TpmNowLocked();
   const auto now = wall_clock_();
   const uint64_t contact = book_.contact_tpm_clock_ms();
+  const uint64_t elapsed = book_.OfflineMs(tpm);
   nlohmann::json models = nlohmann::json::array();
   for (const auto& [licence, held] : book_.leases()) {
     const protocol::LeasePayload& l = held.lease;
@@ -325,8 +324,6 @@ nlohmann::json LeaseManager::Describe(uint64_t position) const {
       verdict = slot == nullptr ? LeaseVerdict{Refusal::kModelUnavailable, "loading"}
                                 : LeaseVerdict{slot->failure, slot->failure_message};
     }
-    const uint64_t elapsed =
-        (tpm.clock_ms > contact ? tpm.clock_ms - contact : 0) + book_.PossibleClockLossMs(tpm);
     nlohmann::json m = {
         {"name", l.model_name},
         {"version", l.model_version},
