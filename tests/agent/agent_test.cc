@@ -92,6 +92,34 @@ class AgentE2eTest : public ::testing::Test {
     return {served, agent::LocalAnswer{}};
   }
 
+  // A copy of the (stopped) agent's state directory, as an operator's backup would be.
+  std::string SaveStateCopy() {
+    const std::string saved = world_->dir() + "/saved-state";
+    std::filesystem::remove_all(saved);
+    std::filesystem::copy(world_->state_dir(), saved, std::filesystem::copy_options::recursive);
+    return saved;
+  }
+  void RestoreStateCopy(const std::string& saved) {
+    std::filesystem::remove_all(world_->state_dir());
+    std::filesystem::copy(saved, world_->state_dir(), std::filesystem::copy_options::recursive);
+  }
+
+  bool LogHas(std::string_view text) { return agent_->Log().find(text) != std::string::npos; }
+
+  // The custodian's audit entries of `action`, once there is at least one (20 s at most).
+  std::vector<nlohmann::json> AwaitAudit(const std::string& action) {
+    std::vector<nlohmann::json> entries;
+    EXPECT_TRUE(WaitUntil(
+        [&] {
+          entries = MUST(world_->AuditEntries(action));
+          return !entries.empty();
+        },
+        20s))
+        << "no " << action << " audited\n"
+        << agent_->Log();
+    return entries;
+  }
+
   std::unique_ptr<AgentWorld> world_;
   std::unique_ptr<AgentProcess> agent_;
   std::unique_ptr<agent::LocalClient> client_;
@@ -416,8 +444,7 @@ TEST_F(AgentE2eTest, RolledBackStateDirectoryNeverGivesBudgetBack) {
   ASSERT_NO_FATAL_FAILURE(WaitServing());
   for (int i = 0; i < 3; ++i) ASSERT_EQ(InferNow().status, 200);
   ASSERT_NO_FATAL_FAILURE(StopAgent());
-  const std::string saved = world_->dir() + "/saved-state";
-  std::filesystem::copy(world_->state_dir(), saved, std::filesystem::copy_options::recursive);
+  const std::string saved = SaveStateCopy();
   ASSERT_NO_FATAL_FAILURE(StartAgent());
   auto [served, refused] = ServeUntilRefused(100);
   EXPECT_EQ(served, 8u);
@@ -425,19 +452,14 @@ TEST_F(AgentE2eTest, RolledBackStateDirectoryNeverGivesBudgetBack) {
   ASSERT_NO_FATAL_FAILURE(StopAgent());
 
   // The operator restores the copy from when 4 of 12 were used.
-  std::filesystem::remove_all(world_->state_dir());
-  std::filesystem::copy(saved, world_->state_dir(), std::filesystem::copy_options::recursive);
+  RestoreStateCopy(saved);
   ASSERT_NO_FATAL_FAILURE(StartAgent());
   agent::LocalAnswer after = InferNow();
   EXPECT_EQ(after.status, 403) << after.body;
   EXPECT_EQ(RefusalOf(after), "budget_exhausted") << after.body;
-  EXPECT_NE(agent_->Log().find("an older copy of the state directory was restored"),
-            std::string::npos)
-      << agent_->Log();
+  EXPECT_TRUE(LogHas("an older copy of the state directory was restored")) << agent_->Log();
   // The custodian is told, and keeps it in its audit trail.
-  EXPECT_TRUE(
-      WaitUntil([&] { return !MUST(world_->AuditEntries("device.meter_anomaly")).empty(); }, 20s))
-      << agent_->Log();
+  AwaitAudit("device.meter_anomaly");
 }
 
 TEST_F(AgentE2eTest, RollbackFoundOfflineIsReportedAfterTheNextStart) {
@@ -448,24 +470,18 @@ TEST_F(AgentE2eTest, RollbackFoundOfflineIsReportedAfterTheNextStart) {
   ASSERT_NO_FATAL_FAILURE(WaitServing());
   for (int i = 0; i < 3; ++i) ASSERT_EQ(InferNow().status, 200);
   ASSERT_NO_FATAL_FAILURE(StopAgent());
-  const std::string saved = world_->dir() + "/saved-state";
-  std::filesystem::copy(world_->state_dir(), saved, std::filesystem::copy_options::recursive);
+  const std::string saved = SaveStateCopy();
   ASSERT_NO_FATAL_FAILURE(StartAgent());
   for (int i = 0; i < 6; ++i) ASSERT_EQ(InferNow().status, 200);
   ASSERT_NO_FATAL_FAILURE(StopAgent());
 
   // The copy goes back while the custodian cannot be reached, and the agent stops before it can
   // report what it found.
-  std::filesystem::remove_all(world_->state_dir());
-  std::filesystem::copy(saved, world_->state_dir(), std::filesystem::copy_options::recursive);
+  RestoreStateCopy(saved);
   world_->StopCustodian();
   ASSERT_NO_FATAL_FAILURE(StartAgent());
-  EXPECT_TRUE(WaitUntil(
-      [&] {
-        return agent_->Log().find("an older copy of the state directory was restored") !=
-               std::string::npos;
-      },
-      10s))
+  EXPECT_TRUE(
+      WaitUntil([&] { return LogHas("an older copy of the state directory was restored"); }, 10s))
       << agent_->Log();
   ASSERT_NO_FATAL_FAILURE(StopAgent());
   ASSERT_OK(world_->StartCustodian());
@@ -473,16 +489,43 @@ TEST_F(AgentE2eTest, RollbackFoundOfflineIsReportedAfterTheNextStart) {
 
   // The written-off record in the journal is what the next start reports from.
   ASSERT_NO_FATAL_FAILURE(StartAgent());
-  std::vector<nlohmann::json> audited;
-  EXPECT_TRUE(WaitUntil(
+  const std::vector<nlohmann::json> audited = AwaitAudit("device.meter_anomaly");
+  ASSERT_EQ(audited.size(), 1u);
+  EXPECT_NE(audited[0].dump().find("written off and not reported yet"), std::string::npos)
+      << audited[0].dump();
+}
+
+TEST_F(AgentE2eTest, JournalLostOfflineIsReportedAfterTheNextStart) {
+  ASSERT_NO_FATAL_FAILURE(Make({}));
+  ASSERT_NO_FATAL_FAILURE(StartAgent());
+  ASSERT_NO_FATAL_FAILURE(WaitServing());
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(InferNow().status, 200);
+  // Until a usage report is stored, the state names no journal to compare with.
+  const std::string state_file = world_->state_dir() + "/state.json";
+  ASSERT_TRUE(WaitUntil(
       [&] {
-        audited = MUST(world_->AuditEntries("device.meter_anomaly"));
-        return !audited.empty();
+        const nlohmann::json s = nlohmann::json::parse(AsChars(MUST(ReadFile(state_file))));
+        return !s.at("report_journal").get<std::string>().empty();
       },
       20s))
       << agent_->Log();
+  ASSERT_NO_FATAL_FAILURE(StopAgent());
+
+  // The journal is deleted and the agent started and stopped while the custodian is unreachable:
+  // this start's anomaly never leaves the device.
+  std::filesystem::remove(world_->state_dir() + "/meter.journal");
+  world_->StopCustodian();
+  ASSERT_NO_FATAL_FAILURE(StartAgent());
+  EXPECT_TRUE(WaitUntil([&] { return LogHas("the metering journal was missing"); }, 10s))
+      << agent_->Log();
+  ASSERT_NO_FATAL_FAILURE(StopAgent());
+  ASSERT_OK(world_->StartCustodian());
+
+  // The next start finds a journal other than the one the last report came from.
+  ASSERT_NO_FATAL_FAILURE(StartAgent());
+  const std::vector<nlohmann::json> audited = AwaitAudit("device.meter_anomaly");
   ASSERT_EQ(audited.size(), 1u);
-  EXPECT_NE(audited[0].dump().find("written off and not reported yet"), std::string::npos)
+  EXPECT_NE(audited[0].dump().find("the last usage report came from"), std::string::npos)
       << audited[0].dump();
 }
 
