@@ -289,41 +289,48 @@ Status CustodianLink::Attest(Client& client) {
 }
 
 Status CustodianLink::Report(Client& client) {
-  AgentState state = state_.Get();
-  const std::string journal = meter_.journal_id();
-  if (!state.pending_report) {
-    // Cursors belong to one journal: a new journal (the old one was lost) is reported from its
-    // start; an older copy of this one has nothing that was not reported already.
-    uint64_t cursor = state.report_journal == journal ? state.report_cursor : 0;
-    Result<JournalSnapshot> snapshot = meter_.Snapshot(cursor);
-    if (!snapshot && snapshot.error().code() == StatusCode::kInvalidArgument) {
-      CUSTODY_ASSIGN_OR_RETURN(JournalSnapshot all, meter_.Snapshot(0));
-      cursor = all.through_seq;
-      snapshot = meter_.Snapshot(cursor);
-    }
-    if (!snapshot) return snapshot.error();
-    std::string anomaly = meter_.anomaly();
-    if (anomaly.empty()) anomaly = UnreportedAnomaly(*snapshot, state, journal);
-    if (snapshot->total == 0 && anomaly.empty() && state.report_journal == journal) {
-      last_report_ = steady_clock::now();
-      return OkStatus();
-    }
-    PendingReport p;
-    p.report_id = RandomReportId();
-    p.after_seq = cursor;
-    p.through_seq = snapshot->through_seq;
-    p.position = snapshot->position;
-    for (const auto& [key, count] : snapshot->counts) {
-      p.counts.push_back({key.model_id, key.client, count});
-    }
-    p.anomaly = anomaly.substr(0, protocol::kMaxAnomalyBytes);
-    CUSTODY_RETURN_IF_ERROR(state_.Update([&](AgentState& s) {
-      s.pending_report = p;
-      s.report_journal = journal;
-    }));
-    state.pending_report = std::move(p);
+  // A report an earlier round or run made is sent first, as it was made. It may come from a journal
+  // that is gone since: the round then goes on to report the journal there is now.
+  if (std::optional<PendingReport> pending = state_.Get().pending_report) {
+    CUSTODY_RETURN_IF_ERROR(SendReport(client, *pending));
   }
-  const PendingReport& p = *state.pending_report;
+  const AgentState state = state_.Get();
+  const std::string journal = meter_.journal_id();
+  // Cursors belong to one journal: a new journal (the old one was lost) is reported from its
+  // start; an older copy of this one has nothing that was not reported already.
+  uint64_t cursor = state.report_journal == journal ? state.report_cursor : 0;
+  Result<JournalSnapshot> snapshot = meter_.Snapshot(cursor);
+  if (!snapshot && snapshot.error().code() == StatusCode::kInvalidArgument) {
+    CUSTODY_ASSIGN_OR_RETURN(JournalSnapshot all, meter_.Snapshot(0));
+    cursor = all.through_seq;
+    snapshot = meter_.Snapshot(cursor);
+  }
+  if (!snapshot) return snapshot.error();
+  std::string anomaly = meter_.anomaly();
+  if (anomaly.empty()) anomaly = UnreportedAnomaly(*snapshot, state, journal);
+  if (snapshot->total == 0 && anomaly.empty() && state.report_journal == journal) {
+    last_report_ = steady_clock::now();
+    return OkStatus();
+  }
+  PendingReport p;
+  p.report_id = RandomReportId();
+  p.after_seq = cursor;
+  p.through_seq = snapshot->through_seq;
+  p.position = snapshot->position;
+  for (const auto& [key, count] : snapshot->counts) {
+    p.counts.push_back({key.model_id, key.client, count});
+  }
+  p.anomaly = anomaly.substr(0, protocol::kMaxAnomalyBytes);
+  // Stored before it is sent: report_journal names the journal the pending report's cursor
+  // belongs to until the next report is made.
+  CUSTODY_RETURN_IF_ERROR(state_.Update([&](AgentState& s) {
+    s.pending_report = p;
+    s.report_journal = journal;
+  }));
+  return SendReport(client, p);
+}
+
+Status CustodianLink::SendReport(Client& client, const PendingReport& p) {
   CUSTODY_ASSIGN_OR_RETURN(Bytes nonce, Nonce(client));
   CUSTODY_ASSIGN_OR_RETURN(Meter::Certified certified, meter_.Certify(nonce, p.position));
   protocol::UsageRequest req;
@@ -341,9 +348,10 @@ Status CustodianLink::Report(Client& client) {
   if (!answer.ok() && answer.code() != StatusCode::kFailedPrecondition) return answer;
   if (!answer.ok())
     log_.Error("usage report flagged by the custodian", {{"error", answer.ToString()}});
+  // report_journal stays the journal this report was made from, which need not be the one there
+  // is now: a journal lost since is then found by the next report, never covered by this cursor.
   CUSTODY_RETURN_IF_ERROR(state_.Update([&](AgentState& s) {
     s.report_cursor = p.through_seq;
-    s.report_journal = journal;
     s.pending_report.reset();
   }));
   // This run's anomaly is done with once a report carried it; one a resent report from an earlier

@@ -91,7 +91,10 @@ class CustodianLink {
   void Succeeded(Backoff& b, Backoff& other);
   void ReadClock();
   Status Attest(http::Client& client);
+  // Sends any pending report, then reports the journal's records since the cursor and any
+  // anomaly not reported yet.
   Status Report(http::Client& client);
+  Status SendReport(http::Client& client, const PendingReport& report);
   Status RequestExtensions(http::Client& client);
   Result<Bytes> Nonce(http::Client& client);
   bool NeedsAttestation() const;

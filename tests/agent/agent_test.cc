@@ -120,6 +120,48 @@ class AgentE2eTest : public ::testing::Test {
     return entries;
   }
 
+  // The journal is lost while the custodian cannot be reached, after a usage report was delivered
+  // (`report_pending` false) or while one was still waiting to be sent: either way the next start
+  // that reaches the custodian reports the loss, once.
+  void LoseJournalOffline(bool report_pending) {
+    const std::string state_file = world_->state_dir() + "/state.json";
+    auto state = [&] { return nlohmann::json::parse(AsChars(MUST(ReadFile(state_file)))); };
+    if (report_pending) world_->StopCustodian();
+    for (int i = 0; i < 3; ++i) ASSERT_EQ(InferNow().status, 200);
+    // Until a usage report is made, the state names no journal to compare with.
+    ASSERT_TRUE(WaitUntil(
+        [&] {
+          const nlohmann::json s = state();
+          return !s.at("report_journal").get<std::string>().empty() &&
+                 s.at("pending_report").is_null() != report_pending;
+        },
+        20s))
+        << agent_->Log();
+    const std::string lost_journal = state().at("report_journal");
+    ASSERT_NO_FATAL_FAILURE(StopAgent());
+
+    // The journal is deleted and the agent started and stopped while the custodian is
+    // unreachable: this start's anomaly never leaves the device.
+    std::filesystem::remove(world_->state_dir() + "/meter.journal");
+    world_->StopCustodian();
+    ASSERT_NO_FATAL_FAILURE(StartAgent());
+    EXPECT_TRUE(WaitUntil([&] { return LogHas("the metering journal was missing"); }, 10s))
+        << agent_->Log();
+    ASSERT_NO_FATAL_FAILURE(StopAgent());
+    ASSERT_OK(world_->StartCustodian());
+
+    // The next start finds a journal other than the one the last report came from.
+    ASSERT_NO_FATAL_FAILURE(StartAgent());
+    const std::vector<nlohmann::json> audited = AwaitAudit("device.meter_anomaly");
+    ASSERT_EQ(audited.size(), 1u);
+    EXPECT_NE(audited[0].dump().find("the last usage report came from"), std::string::npos)
+        << audited[0].dump();
+    // The pending report went first, as it was made, and the cursor now belongs to the new journal.
+    ASSERT_TRUE(WaitUntil([&] { return state().at("pending_report").is_null(); }, 20s))
+        << agent_->Log();
+    EXPECT_NE(state().at("report_journal").get<std::string>(), lost_journal);
+  }
+
   std::unique_ptr<AgentWorld> world_;
   std::unique_ptr<AgentProcess> agent_;
   std::unique_ptr<agent::LocalClient> client_;
@@ -499,34 +541,14 @@ TEST_F(AgentE2eTest, JournalLostOfflineIsReportedAfterTheNextStart) {
   ASSERT_NO_FATAL_FAILURE(Make({}));
   ASSERT_NO_FATAL_FAILURE(StartAgent());
   ASSERT_NO_FATAL_FAILURE(WaitServing());
-  for (int i = 0; i < 3; ++i) ASSERT_EQ(InferNow().status, 200);
-  // Until a usage report is stored, the state names no journal to compare with.
-  const std::string state_file = world_->state_dir() + "/state.json";
-  ASSERT_TRUE(WaitUntil(
-      [&] {
-        const nlohmann::json s = nlohmann::json::parse(AsChars(MUST(ReadFile(state_file))));
-        return !s.at("report_journal").get<std::string>().empty();
-      },
-      20s))
-      << agent_->Log();
-  ASSERT_NO_FATAL_FAILURE(StopAgent());
+  ASSERT_NO_FATAL_FAILURE(LoseJournalOffline(/*report_pending=*/false));
+}
 
-  // The journal is deleted and the agent started and stopped while the custodian is unreachable:
-  // this start's anomaly never leaves the device.
-  std::filesystem::remove(world_->state_dir() + "/meter.journal");
-  world_->StopCustodian();
+TEST_F(AgentE2eTest, JournalLostWithAReportPendingIsStillReported) {
+  ASSERT_NO_FATAL_FAILURE(Make({}));
   ASSERT_NO_FATAL_FAILURE(StartAgent());
-  EXPECT_TRUE(WaitUntil([&] { return LogHas("the metering journal was missing"); }, 10s))
-      << agent_->Log();
-  ASSERT_NO_FATAL_FAILURE(StopAgent());
-  ASSERT_OK(world_->StartCustodian());
-
-  // The next start finds a journal other than the one the last report came from.
-  ASSERT_NO_FATAL_FAILURE(StartAgent());
-  const std::vector<nlohmann::json> audited = AwaitAudit("device.meter_anomaly");
-  ASSERT_EQ(audited.size(), 1u);
-  EXPECT_NE(audited[0].dump().find("the last usage report came from"), std::string::npos)
-      << audited[0].dump();
+  ASSERT_NO_FATAL_FAILURE(WaitServing());
+  ASSERT_NO_FATAL_FAILURE(LoseJournalOffline(/*report_pending=*/true));
 }
 
 TEST_F(AgentE2eTest, TamperedSealedModelIsRefused) {
