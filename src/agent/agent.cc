@@ -331,6 +331,10 @@ Result<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config,
   Result<tpm::TimeInfo> clock =
       p->tpm->Run(TpmOp::kClockRead, [](tpm::Tpm& t) { return t.ReadClock(); });
   if (!clock) return clock.error().WithContext("read the TPM clock");
+  Result<uint32_t> offset =
+      p->tpm->Run(TpmOp::kAttest, [&](tpm::Tpm& t) { return QuotedResetOffset(t, p->identity); });
+  if (!offset) return offset.error().WithContext("read the TPM's reset count as the AK quotes it");
+  p->leases->SetQuotedResetOffset(*offset);
   p->leases->UpdateTpmClock(*clock);
   for (const std::string& problem : p->leases->Restore()) {
     log.Warn("stored lease not restored", {{"why", problem}});

@@ -3,6 +3,7 @@
 #include "core/protocol/envelope.h"
 #include "core/tpm/objects.h"
 #include "core/tpm/policy.h"
+#include "core/tpm/verifier.h"
 
 namespace custody::agent {
 namespace {
@@ -100,6 +101,22 @@ Result<protocol::AttestRequest> MakeAttestation(tpm::Tpm& tpm, const DeviceIdent
   r.nonce.assign(nonce.begin(), nonce.end());
   CUSTODY_ASSIGN_OR_RETURN(r.quote, tpm.QuotePcrs(id.ak, selection, nonce));
   return r;
+}
+
+Result<uint32_t> QuotedResetOffset(tpm::Tpm& tpm, const DeviceIdentity& id) {
+  tpm::QuoteExpectation expect;
+  expect.ak_public = id.ak.public_area;
+  CUSTODY_ASSIGN_OR_RETURN(expect.nonce, crypto::RandomBytes(32));
+  CUSTODY_ASSIGN_OR_RETURN(expect.selection, tpm::PcrSelection::Of(id.pcr_selection));
+  CUSTODY_ASSIGN_OR_RETURN(tpm::Quote quote, tpm.QuotePcrs(id.ak, expect.selection, expect.nonce));
+  Result<tpm::QuoteResult> quoted = tpm::VerifyQuote(quote, expect);
+  if (!quoted) {
+    return Status(quoted.error().code(), "this TPM's quote does not verify with the enrolled AK (" +
+                                             quoted.error().message() +
+                                             "): the state directory is not this TPM's");
+  }
+  CUSTODY_ASSIGN_OR_RETURN(tpm::TimeInfo now, tpm.ReadClock());
+  return static_cast<uint32_t>(quoted->clock.reset_count - now.reset_count);
 }
 
 Result<protocol::UsageRequest> MakeUsageReport(tpm::Tpm& tpm, const DeviceIdentity& id,

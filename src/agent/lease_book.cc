@@ -183,17 +183,29 @@ std::vector<std::string> LeaseBook::Revoke(const protocol::RevocationPayload& r)
   return dropped;
 }
 
-uint64_t LeaseBook::contact_tpm_clock_ms() const {
-  uint64_t contact = 0;
-  for (const auto& [id, h] : leases_) contact = std::max(contact, h.lease.tpm_clock_ms);
+const protocol::LeasePayload* LeaseBook::ContactLease() const {
+  const protocol::LeasePayload* contact = nullptr;
+  for (const auto& [id, h] : leases_) {
+    if (contact == nullptr || h.lease.tpm_clock_ms > contact->tpm_clock_ms) contact = &h.lease;
+  }
   return contact;
 }
 
+uint64_t LeaseBook::contact_tpm_clock_ms() const {
+  const protocol::LeasePayload* contact = ContactLease();
+  return contact == nullptr ? 0 : contact->tpm_clock_ms;
+}
+
+uint32_t LeaseBook::ResetsSinceContact(TpmTime tpm) const {
+  const protocol::LeasePayload* contact = ContactLease();
+  if (contact == nullptr) return 0;
+  // Obfuscated counts differ by the real difference, modulo 2^32.
+  const auto resets = static_cast<int32_t>(tpm.quoted_reset_count - contact->tpm_reset_count);
+  return resets > 0 ? static_cast<uint32_t>(resets) : 0;
+}
+
 uint64_t LeaseBook::PossibleClockLossMs(TpmTime tpm) const {
-  if (!state_.contact_reset_count || tpm.reset_count <= *state_.contact_reset_count) {
-    return 0;
-  }
-  return uint64_t{tpm.reset_count - *state_.contact_reset_count} * kClockLossPerResetMs;
+  return uint64_t{ResetsSinceContact(tpm)} * kClockLossPerResetMs;
 }
 
 uint64_t LeaseBook::OfflineMs(TpmTime tpm) const {
@@ -230,8 +242,7 @@ LeaseVerdict LeaseBook::Check(const HeldLease& held, std::chrono::system_clock::
   const uint64_t elapsed = OfflineMs(tpm);
   const std::string lost_note =
       lost == 0 ? std::string()
-                : " (" + DescribeMs(lost) + " of it for " +
-                      Num(tpm.reset_count - *state_.contact_reset_count) +
+                : " (" + DescribeMs(lost) + " of it for " + Num(ResetsSinceContact(tpm)) +
                       " TPM reset(s) since then: a power cut can set the TPM clock back, and "
                       "afterwards cannot be told from a clean reboot, so each reset counts as the "
                       "most a cut can take)";

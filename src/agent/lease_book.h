@@ -21,8 +21,9 @@
 //    A clock that fell back to a value still above the contact shows only as `safe = NO`, and
 //    only until the TPM next saves its clock; afterwards a power cut and a clean reboot look the
 //    same. So every TPM reset since the contact counts kClockLossPerResetMs of offline time,
-//    about the most a TPM clock can fall back. The reset count at the contact is recorded when
-//    the contact moves (state().contact_reset_count); without it nothing is added.
+//    about the most a TPM clock can fall back. The reset count at the contact is the contact
+//    lease's tpm_reset_count, signed by the custodian like its clock: no file on the device holds
+//    it. Both are in the AK's obfuscated terms (TpmTime::quoted_reset_count).
 //    not_after is also mapped onto the TPM clock (contact + not_after - issued_at) so that a
 //    system clock set back cannot extend the licence's end either.
 //  - Budget: a lease serves while the meter position (requests, counter x unit) is below its
@@ -51,6 +52,9 @@ struct TpmTime {
   uint64_t clock_ms = 0;
   bool safe = true;          // false after a power cut until the TPM saved its clock again
   uint32_t reset_count = 0;  // TPM resets (boots) since the TPM was cleared
+  // reset_count as the device's AK quotes it (plus the AK's obfuscation constant, mod 2^32): what
+  // leases' tpm_reset_count is compared with.
+  uint32_t quoted_reset_count = 0;
 };
 
 // How far a TPM clock can fall back in one power cut: the TCG reference implementation saves Clock
@@ -111,8 +115,6 @@ struct LeaseBookState {
   // licence id -> sequence of the lease held for it: a lease file is restored only if it is that
   // very lease.
   std::map<std::string, uint64_t> held;
-  // The TPM's reset count when the contact (contact_tpm_clock_ms) last moved; unknown before.
-  std::optional<uint32_t> contact_reset_count;
 };
 
 class LeaseBook {
@@ -140,8 +142,9 @@ class LeaseBook {
 
   // The TPM clock of the latest verified attestation the leases held carry (0: none).
   uint64_t contact_tpm_clock_ms() const;
-  // The contact moved (new leases) while the TPM's reset count was `reset_count`.
-  void SetContactResetCount(uint32_t reset_count) { state_.contact_reset_count = reset_count; }
+  // TPM resets since the contact: the contact lease's tpm_reset_count to tpm.quoted_reset_count
+  // (0 without leases, or if the lease's count is ahead, which a TPM's never is).
+  uint32_t ResetsSinceContact(TpmTime tpm) const;
   // Offline time the TPM clock may have lost since the contact (see Time above), in ms.
   uint64_t PossibleClockLossMs(TpmTime tpm) const;
   // Offline time since the contact, in ms, as the grace counts it: the TPM clock's advance (0 if
@@ -155,6 +158,8 @@ class LeaseBook {
 
  private:
   const RevokedScope* RevocationCovering(const protocol::LeasePayload& lease) const;
+  // The lease with the highest tpm_clock_ms: the latest attestation (nullptr: none held).
+  const protocol::LeasePayload* ContactLease() const;
 
   std::string device_id_;
   LeaseBookState state_;

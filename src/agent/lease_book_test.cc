@@ -150,30 +150,44 @@ TEST(LeaseBookTest, TpmClockBehindTheAttestationIsRefusedUntilTheNextOne) {
 TEST(LeaseBookTest, PowerCutsThatSetTheClockBackAboveTheAttestationCountAsTheMostTheyCanTake) {
   // The attacker cuts power before the TPM saves its clock: the clock falls back, but stays above
   // the contact. The TPM says `safe = NO` only until its next save; its reset count has grown.
+  // The contact lease carries the quote's reset count as the AK quotes it: here the TPM's real
+  // count 7 plus an obfuscation constant that wraps around 2^32.
+  constexpr uint32_t kObfuscation = 0xfffffffcu;
+  const auto at = [&](uint64_t clock, bool safe, uint32_t resets) {
+    return TpmTime{clock, safe, resets, resets + kObfuscation};
+  };
   LeaseBook book("dev_1", {});
   HeldLease long_grace = Lease("lic_a", 1);
   long_grace.lease.offline_grace_ms = 3 * 3600 * 1000;  // 3 h
+  long_grace.lease.tpm_reset_count = 7 + kObfuscation;
   ASSERT_TRUE(book.Accept(std::move(long_grace)).ok());
   const HeldLease& held = book.leases().at("lic_a");
-  const TpmTime one_cut{kContact + 1000, false, 8};
-  // Nothing recorded about the contact's boot (a state file from before): nothing added.
-  EXPECT_EQ(book.PossibleClockLossMs(one_cut), 0u);
-  book.SetContactResetCount(7);
+  const TpmTime one_cut = at(kContact + 1000, false, 8);
+  EXPECT_EQ(book.ResetsSinceContact(one_cut), 1u);
   EXPECT_EQ(book.PossibleClockLossMs(one_cut), kClockLossPerResetMs);
   EXPECT_EQ(book.OfflineMs(one_cut), 1000 + kClockLossPerResetMs) << "what status shows as well";
-  EXPECT_EQ(book.OfflineMs({kContact - 5, false, 7}), 0u)
+  EXPECT_EQ(book.OfflineMs(at(kContact - 5, false, 7)), 0u)
       << "a clock behind is refused, not negative";
   EXPECT_TRUE(book.Check(held, kNow, one_cut, 0).ok()) << "70 min of a 3 h grace";
   // Three cuts: 3 x 70 min is more than the grace.
-  ExpectRefusal(book.Check(held, kNow, {kContact + 1000, false, 10}, 0), Refusal::kGraceExpired,
+  ExpectRefusal(book.Check(held, kNow, at(kContact + 1000, false, 10), 0), Refusal::kGraceExpired,
                 "for 3 TPM reset(s) since then");
   // Once the TPM saved its clock again it says `safe`: the count stays.
-  ExpectRefusal(book.Check(held, kNow, {kContact + 1000, true, 10}, 0), Refusal::kGraceExpired,
+  ExpectRefusal(book.Check(held, kNow, at(kContact + 1000, true, 10), 0), Refusal::kGraceExpired,
                 "cannot be told from a clean reboot");
-  // The contact's own boot adds nothing.
-  EXPECT_TRUE(book.Check(held, kNow, {kContact + 1000, false, 7}, 0).ok());
-  // The state keeps what was recorded.
-  EXPECT_EQ(book.state().contact_reset_count, std::optional<uint32_t>(7));
+  // The contact's own boot adds nothing, and neither does a count behind the lease's (no TPM's
+  // count goes down: it would take another AK, whose leases this device cannot have).
+  EXPECT_TRUE(book.Check(held, kNow, at(kContact + 1000, false, 7), 0).ok());
+  EXPECT_EQ(book.ResetsSinceContact(at(kContact + 1000, false, 6)), 0u);
+
+  // A later attestation (a lease with a higher TPM clock) moves the contact and its reset count;
+  // an older lease that is still held (another licence) does not pull it back.
+  HeldLease renewed = Lease("lic_b", 2);
+  renewed.lease.tpm_clock_ms = kContact + 500;
+  renewed.lease.tpm_reset_count = 10 + kObfuscation;
+  ASSERT_TRUE(book.Accept(std::move(renewed)).ok());
+  EXPECT_EQ(book.ResetsSinceContact(at(kContact + 1000, false, 10)), 0u);
+  EXPECT_TRUE(book.Check(held, kNow, at(kContact + 1000, false, 10), 0).ok());
 }
 
 TEST(LeaseBookTest, LicenceEndIsCheckedOnTheWallClockAndOnTheTpmClock) {

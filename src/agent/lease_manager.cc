@@ -90,7 +90,6 @@ std::vector<std::string> LeaseManager::ApplyLeases(const std::vector<nlohmann::j
   {
     std::lock_guard lock(mu_);
     bool changed = false;
-    const uint64_t contact_before = book_.contact_tpm_clock_ms();
     for (HeldLease& held : verified) {
       const std::string licence = held.lease.licence_id;
       const std::string model_id = held.lease.model_id;
@@ -106,10 +105,6 @@ std::vector<std::string> LeaseManager::ApplyLeases(const std::vector<nlohmann::j
       auto slot = slots_.find(licence);
       // A new lease on a licence whose model is loaded changes limits and times, not the model.
       if (slot == slots_.end() || !slot->second.model) to_load.push_back(licence);
-    }
-    // The clock the new leases are measured from is this boot's (the agent read it just before).
-    if (book_.contact_tpm_clock_ms() > contact_before && tpm_time_) {
-      book_.SetContactResetCount(tpm_time_->reset_count);
     }
     if (changed) {
       const Status persisted = PersistLocked();
@@ -215,12 +210,19 @@ void LeaseManager::UpdateTpmClock(const tpm::TimeInfo& time) {
   tpm_time_at_ = std::chrono::steady_clock::now();
 }
 
+void LeaseManager::SetQuotedResetOffset(uint32_t offset) {
+  std::lock_guard lock(mu_);
+  quoted_reset_offset_ = offset;
+}
+
 TpmTime LeaseManager::TpmNowLocked() const {
-  if (!tpm_time_) return {0, false};
+  // Without both, the time is unknown: every lease is refused as behind its contact.
+  if (!tpm_time_ || !quoted_reset_offset_) return {0, false};
   const auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(
       std::chrono::steady_clock::now() - tpm_time_at_);
   return {tpm_time_->clock_ms + static_cast<uint64_t>(std::max<int64_t>(elapsed.count(), 0)),
-          tpm_time_->safe, tpm_time_->reset_count};
+          tpm_time_->safe, tpm_time_->reset_count,
+          static_cast<uint32_t>(tpm_time_->reset_count + *quoted_reset_offset_)};
 }
 
 const HeldLease* LeaseManager::FindLeaseLocked(std::string_view name, std::string_view version,
@@ -372,6 +374,7 @@ nlohmann::json LeaseManager::Describe(uint64_t position) const {
             {"safe", tpm.safe},
             {"contact_ms", contact},
             {"reset_count", tpm.reset_count},
+            {"resets_since_contact", book_.ResetsSinceContact(tpm)},
             {"possible_loss_ms", book_.PossibleClockLossMs(tpm)}}},
           {"lease_sequence", book_.state().max_sequence},
           {"revocation_epoch", book_.state().revocation_epoch}};

@@ -82,6 +82,9 @@ class LeaseManager {
 
   // A TPM clock reading (TPM2_ReadClock).
   void UpdateTpmClock(const tpm::TimeInfo& time);
+  // What the device's AK adds to the reset count in quotes (QuotedResetOffset), found once at
+  // start: leases' tpm_reset_count is in those terms. Until it is set no lease serves.
+  void SetQuotedResetOffset(uint32_t offset);
 
   // Whether a request for model `name` (and `version`, "" for any) may be served at meter
   // position `position`; a refusal says why (LeaseVerdict::ToStatus gives the code).
@@ -127,6 +130,7 @@ class LeaseManager {
   std::map<std::string, std::string> names_;  // model id -> model name, for leases held
   std::optional<tpm::TimeInfo> tpm_time_;
   std::chrono::steady_clock::time_point tpm_time_at_{};
+  std::optional<uint32_t> quoted_reset_offset_;
 };
 
 }  // namespace custody::agent

@@ -124,9 +124,9 @@ Result<RevokedScope> ParseRevoked(const JsonObject& o) {
 }
 
 Result<AgentState> ParseState(const JsonObject& o) {
-  CUSTODY_RETURN_IF_ERROR(o.RejectUnknown({"version", "max_sequence", "revocation_epoch", "revoked",
-                                           "held", "contact_reset_count", "events_after",
-                                           "report_cursor", "report_journal", "pending_report"}));
+  CUSTODY_RETURN_IF_ERROR(
+      o.RejectUnknown({"version", "max_sequence", "revocation_epoch", "revoked", "held",
+                       "events_after", "report_cursor", "report_journal", "pending_report"}));
   CUSTODY_ASSIGN_OR_RETURN(uint64_t version, o.Uint("version"));
   if (version != 1) return o.FieldError("version", "expected 1");
   AgentState s;
@@ -142,9 +142,6 @@ Result<AgentState> ParseState(const JsonObject& o) {
     CUSTODY_ASSIGN_OR_RETURN(uint64_t sequence, held.Uint(licence));
     s.book.held[licence] = sequence;
   }
-  CUSTODY_ASSIGN_OR_RETURN(std::optional<uint64_t> reset_count,
-                           o.OptionalUint("contact_reset_count", UINT32_MAX));
-  if (reset_count) s.book.contact_reset_count = static_cast<uint32_t>(*reset_count);
   CUSTODY_ASSIGN_OR_RETURN(s.events_after, o.Uint("events_after"));
   CUSTODY_ASSIGN_OR_RETURN(s.report_cursor, o.Uint("report_cursor"));
   CUSTODY_ASSIGN_OR_RETURN(s.report_journal, o.String("report_journal", 64));
@@ -205,9 +202,6 @@ nlohmann::json StateToJson(const AgentState& s) {
                         {"revocation_epoch", s.book.revocation_epoch},
                         {"revoked", revoked},
                         {"held", held},
-                        {"contact_reset_count", s.book.contact_reset_count
-                                                    ? nlohmann::json(*s.book.contact_reset_count)
-                                                    : nlohmann::json(nullptr)},
                         {"events_after", s.events_after},
                         {"report_cursor", s.report_cursor},
                         {"report_journal", s.report_journal},

@@ -66,7 +66,6 @@ TEST_F(StateDirTest, IdentityStateAndLeasesRoundTripInOwnerOnlyFiles) {
   s.book.held["lic_a"] = 7;
   s.book.revoked.push_back(
       {"licence", "lic_b", "ended", "2027-01-01T00:00:00Z", 2, {"m2"}, {"resnet"}});
-  s.book.contact_reset_count = 9;
   s.events_after = 12;
   s.report_cursor = 40;
   s.report_journal = "00ff";
@@ -75,7 +74,6 @@ TEST_F(StateDirTest, IdentityStateAndLeasesRoundTripInOwnerOnlyFiles) {
   ASSERT_OK(dir.SaveState(s));
   const AgentState back = MUST(dir.LoadState());
   EXPECT_EQ(back.book.held.at("lic_a"), 7u);
-  EXPECT_EQ(back.book.contact_reset_count, std::optional<uint32_t>(9));
   ASSERT_EQ(back.book.revoked.size(), 1u);
   EXPECT_EQ(back.book.revoked[0].model_ids, std::vector<std::string>{"m2"});
   ASSERT_TRUE(back.pending_report.has_value());

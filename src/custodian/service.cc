@@ -598,7 +598,10 @@ Result<LeaseRecord> CustodianService::BuildLease(
   // The reference for the offline grace. A lease pushed later (an extension, a policy update)
   // carries the clock of the last verified quote: older than the device's clock by then, so it
   // grants less offline time than an attestation would, never more.
+  // Without a quote on record both are 0: the device counts its whole clock as offline time and
+  // serves only once it attests.
   p.tpm_clock_ms = device.attested_tpm_clock_ms.value_or(0);
+  p.tpm_reset_count = device.attested_tpm_reset_count.value_or(0);
   p.sequence = ++device.lease_sequence;
   p.revocation_epoch = device.revocation_epoch;
   p.issued_at = Now();
@@ -845,8 +848,10 @@ Result<protocol::AttestResponse> CustodianService::Attest(const std::string& dev
   }
   CUSTODY_ASSIGN_OR_RETURN(tpm::QuoteResult verdict, tpm::VerifyQuote(request.quote, expect));
   if (record_tofu) device.tofu_pcrs = FromPcrValues(verdict.pcrs);
-  // The leases below carry this quote's TPM clock: the device measures its offline grace from it.
+  // The leases below carry this quote's TPM clock and reset count: the device measures its offline
+  // grace from them.
   device.attested_tpm_clock_ms = verdict.clock.clock_ms;
+  device.attested_tpm_reset_count = verdict.clock.reset_count;
   device.last_seen = clock_();
   CUSTODY_ASSIGN_OR_RETURN(std::vector<tpm::ApprovedPolicy> approvals, ApprovalsFor(group, device));
 
@@ -877,6 +882,7 @@ Result<protocol::AttestResponse> CustodianService::Attest(const std::string& dev
     current.lease_sequence = device.lease_sequence;
     current.last_seen = device.last_seen;
     current.attested_tpm_clock_ms = device.attested_tpm_clock_ms;
+    current.attested_tpm_reset_count = device.attested_tpm_reset_count;
     if (record_tofu) current.tofu_pcrs = device.tofu_pcrs;
     CUSTODY_RETURN_IF_ERROR(tx.PutDevice(current));
     for (const LeaseRecord& l : leases) CUSTODY_RETURN_IF_ERROR(tx.PutLease(l));

@@ -416,11 +416,17 @@ TEST_F(AgentE2eTest, PowerCutThatSetsTheTpmClockBackDoesNotExtendTheGrace) {
       << agent_->Log();
   EXPECT_NE(refused.body.find("for 1 TPM reset(s) since then"), std::string::npos) << refused.body;
   EXPECT_EQ(Status()["tpm_clock"]["possible_loss_ms"].get<uint64_t>(), agent::kClockLossPerResetMs);
+  // The reset count it is measured from is the signed lease's: nothing in the state directory
+  // holds it for an attacker to move.
+  EXPECT_EQ(Status()["tpm_clock"]["resets_since_contact"].get<uint32_t>(), 1u);
+  const std::string state(AsChars(MUST(ReadFile(world_->state_dir() + "/state.json"))));
+  EXPECT_EQ(state.find("reset"), std::string::npos) << state;
 
   // Back online: a new attestation is a new reference, and serving resumes.
   ASSERT_OK(world_->StartCustodian());
   ASSERT_NO_FATAL_FAILURE(WaitServing());
   EXPECT_EQ(Status()["tpm_clock"]["possible_loss_ms"].get<uint64_t>(), 0u);
+  EXPECT_EQ(Status()["tpm_clock"]["resets_since_contact"].get<uint32_t>(), 0u);
 }
 
 TEST_F(AgentE2eTest, CopiedStateDirectoryOnAnotherTpmGetsNoLeaseAndNoModel) {

@@ -428,9 +428,16 @@ TEST_F(CustodianTest, LeaseCarriesTheTpmClockOfItsQuoteAndPushedLeasesTheStoredO
   auto device = EnrolledDevice();
   const uint64_t before = MUST(device->tpm().ReadClock()).clock_ms;
   protocol::LeasePayload lease = MUST(device->Attest()).at(0);
-  const uint64_t after = MUST(device->tpm().ReadClock()).clock_ms;
+  const tpm::TimeInfo after_time = MUST(device->tpm().ReadClock());
+  const uint64_t after = after_time.clock_ms;
   EXPECT_GE(lease.tpm_clock_ms, before);
   EXPECT_LE(lease.tpm_clock_ms, after);
+  // And its reset count as the AK quotes it: the TPM adds a constant of the AK (the AK is in the
+  // storage hierarchy), which the device finds with a quote of its own.
+  const uint32_t offset = MUST(agent::QuotedResetOffset(device->tpm(), device->identity()));
+  EXPECT_NE(offset, 0u) << "swtpm obfuscates like any TPM";
+  EXPECT_EQ(MUST(agent::QuotedResetOffset(device->tpm(), device->identity())), offset);
+  EXPECT_EQ(static_cast<uint32_t>(lease.tpm_reset_count - offset), after_time.reset_count);
 
   // A lease pushed later (an approved extension) carries the stored clock of that quote: an older
   // reference, so less offline time, never more.
@@ -443,6 +450,7 @@ TEST_F(CustodianTest, LeaseCarriesTheTpmClockOfItsQuoteAndPushedLeasesTheStoredO
       MUST(agent::OpenLease(device->identity(), events.events[0].document));
   EXPECT_GT(pushed.sequence, lease.sequence);
   EXPECT_EQ(pushed.tpm_clock_ms, lease.tpm_clock_ms);
+  EXPECT_EQ(pushed.tpm_reset_count, lease.tpm_reset_count);
 
   // The next attestation moves the reference to its own quote.
   const uint64_t later = MUST(device->tpm().ReadClock()).clock_ms;

@@ -283,6 +283,7 @@ nlohmann::json ToJson(const LeasePayload& m) {
           {"not_after", m.not_after},
           {"offline_grace_ms", m.offline_grace_ms},
           {"tpm_clock_ms", m.tpm_clock_ms},
+          {"tpm_reset_count", m.tpm_reset_count},
           {"sequence", m.sequence},
           {"revocation_epoch", m.revocation_epoch},
           {"issued_at", m.issued_at}};
@@ -291,10 +292,11 @@ nlohmann::json ToJson(const LeasePayload& m) {
 Result<LeasePayload> ParseLeasePayload(ByteSpan payload) {
   return ParseMessage<LeasePayload>(
       AsChars(payload), "lease", [](const JsonObject& o, LeasePayload& m) -> Status {
-        CUSTODY_RETURN_IF_ERROR(o.RejectUnknown(
-            {"lease_id", "device_id", "licence_id", "model_id", "model_name", "model_version",
-             "wrapped_dek", "approvals", "counter_limit", "counter_unit", "not_after",
-             "offline_grace_ms", "tpm_clock_ms", "sequence", "revocation_epoch", "issued_at"}));
+        CUSTODY_RETURN_IF_ERROR(
+            o.RejectUnknown({"lease_id", "device_id", "licence_id", "model_id", "model_name",
+                             "model_version", "wrapped_dek", "approvals", "counter_limit",
+                             "counter_unit", "not_after", "offline_grace_ms", "tpm_clock_ms",
+                             "tpm_reset_count", "sequence", "revocation_epoch", "issued_at"}));
         CUSTODY_ASSIGN_OR_RETURN(m.lease_id, o.String("lease_id", kMaxIdBytes));
         CUSTODY_ASSIGN_OR_RETURN(m.device_id, o.String("device_id", kMaxIdBytes));
         CUSTODY_ASSIGN_OR_RETURN(m.licence_id, o.String("licence_id", kMaxIdBytes));
@@ -316,6 +318,8 @@ Result<LeasePayload> ParseLeasePayload(ByteSpan payload) {
         CUSTODY_ASSIGN_OR_RETURN(m.not_after, o.String("not_after", 32));
         CUSTODY_ASSIGN_OR_RETURN(m.offline_grace_ms, o.Uint("offline_grace_ms"));
         CUSTODY_ASSIGN_OR_RETURN(m.tpm_clock_ms, o.Uint("tpm_clock_ms"));
+        CUSTODY_ASSIGN_OR_RETURN(const uint64_t resets, o.Uint("tpm_reset_count", UINT32_MAX));
+        m.tpm_reset_count = static_cast<uint32_t>(resets);
         CUSTODY_ASSIGN_OR_RETURN(m.sequence, o.Uint("sequence"));
         CUSTODY_ASSIGN_OR_RETURN(m.revocation_epoch, o.Uint("revocation_epoch"));
         CUSTODY_ASSIGN_OR_RETURN(m.issued_at, o.String("issued_at", 32));

@@ -128,6 +128,10 @@ struct LeasePayload {
   // The TPM clock (clockInfo.clock, ms) of the device's latest verified quote: the device may
   // serve offline while its TPM clock is within [tpm_clock_ms, tpm_clock_ms + offline_grace_ms].
   uint64_t tpm_clock_ms = 0;
+  // clockInfo.resetCount of that quote, as the device's AK quotes it: the TPM adds a constant
+  // per AK (obfuscation, PROTOCOL.md §8), so it is compared only with the same AK's quotes. The
+  // device counts the TPM resets since this quote against its offline grace.
+  uint32_t tpm_reset_count = 0;
   uint64_t sequence = 0;          // strictly increasing per device
   uint64_t revocation_epoch = 0;  // the device's epoch at issue; a later revocation is higher
   std::string issued_at;          // RFC 3339 UTC

@@ -132,7 +132,7 @@ TEST(Messages, UsageRequestRequiresPrepaidAndBoundsItAndTheAnomaly) {
   ExpectFieldRefused(ParseUsageRequest(j.dump()), "anomaly");
 }
 
-TEST(Messages, LeasePayloadCarriesTheCounterUnitAndTheTpmClock) {
+TEST(Messages, LeasePayloadCarriesTheCounterUnitAndTheTpmClockAndResets) {
   LeasePayload l;
   l.lease_id = "lease_1";
   l.device_id = "dev_1";
@@ -146,6 +146,7 @@ TEST(Messages, LeasePayloadCarriesTheCounterUnitAndTheTpmClock) {
   l.not_after = "2030-01-01T00:00:00Z";
   l.offline_grace_ms = 3600000;
   l.tpm_clock_ms = (uint64_t{1} << 40) + 3;
+  l.tpm_reset_count = 0xfffffff0u;  // obfuscated: any 32-bit value
   l.sequence = 2;
   l.issued_at = "2026-06-01T00:00:00Z";
   const std::string text = ToJson(l).dump();
@@ -154,11 +155,15 @@ TEST(Messages, LeasePayloadCarriesTheCounterUnitAndTheTpmClock) {
   EXPECT_EQ(parsed->counter_unit, 16u);
   EXPECT_EQ(parsed->tpm_clock_ms, l.tpm_clock_ms);
   EXPECT_EQ(parsed->counter_limit, 1650u);
-  for (const char* field : {"counter_unit", "tpm_clock_ms"}) {
+  EXPECT_EQ(parsed->tpm_reset_count, 0xfffffff0u);
+  for (const char* field : {"counter_unit", "tpm_clock_ms", "tpm_reset_count"}) {
     nlohmann::json j = ToJson(l);
     j.erase(field);
     ExpectFieldRefused(ParseLeasePayload(AsBytes(j.dump())), field);
   }
+  nlohmann::json wide = ToJson(l);
+  wide["tpm_reset_count"] = uint64_t{1} << 32;
+  ExpectFieldRefused(ParseLeasePayload(AsBytes(wide.dump())), "tpm_reset_count");
   l.counter_unit = 0;
   ExpectFieldRefused(ParseLeasePayload(AsBytes(ToJson(l).dump())), "counter_unit");
   l.counter_unit = kMaxCounterUnit + 1;

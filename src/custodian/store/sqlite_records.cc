@@ -318,7 +318,7 @@ Result<PendingEnrollment> ReadPending(const Statement& s) {
   "device_id, group_name, ek_public, ek_name, ak_public, binding_public, counter_index, "       \
   "counter_name, tls_serial, tls_public_key, enrolled, revoked, revoked_reason, last_counter, " \
   "last_seen, lease_sequence, revocation_epoch, tofu_pcrs, counter_unit, meter_position, "      \
-  "attested_tpm_clock_ms"
+  "attested_tpm_clock_ms, attested_tpm_reset_count"
 
 Result<DeviceRecord> ReadDevice(const Statement& s) {
   DeviceRecord d;
@@ -346,6 +346,10 @@ Result<DeviceRecord> ReadDevice(const Statement& s) {
   if (d.counter_unit == 0) return Corrupt("device " + Quoted(d.device_id) + " counter unit");
   d.meter_position = s.Uint(19);
   d.attested_tpm_clock_ms = s.OptionalUint(20);
+  if (const std::optional<uint64_t> resets = s.OptionalUint(21)) {
+    if (*resets > UINT32_MAX) return Corrupt("device " + Quoted(d.device_id) + " TPM reset count");
+    d.attested_tpm_reset_count = static_cast<uint32_t>(*resets);
+  }
   return d;
 }
 
@@ -615,7 +619,7 @@ Status UpsertDevice(Connection& c, const DeviceRecord& d) {
   Status s = RunStatement(
       c,
       "INSERT INTO devices (" CUSTODY_DEVICE_COLUMNS
-      ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+      ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
       "ON CONFLICT (device_id) DO UPDATE SET group_name = excluded.group_name, "
       "ek_public = excluded.ek_public, ek_name = excluded.ek_name, "
       "ak_public = excluded.ak_public, binding_public = excluded.binding_public, "
@@ -626,11 +630,12 @@ Status UpsertDevice(Connection& c, const DeviceRecord& d) {
       "last_seen = excluded.last_seen, lease_sequence = excluded.lease_sequence, "
       "revocation_epoch = excluded.revocation_epoch, tofu_pcrs = excluded.tofu_pcrs, "
       "counter_unit = excluded.counter_unit, meter_position = excluded.meter_position, "
-      "attested_tpm_clock_ms = excluded.attested_tpm_clock_ms",
+      "attested_tpm_clock_ms = excluded.attested_tpm_clock_ms, "
+      "attested_tpm_reset_count = excluded.attested_tpm_reset_count",
       d.device_id, d.group, d.ek_public, d.ek_name, d.ak_public, d.binding_public, d.counter_index,
       d.counter_name, d.tls_serial, d.tls_public_key, d.enrolled, d.revoked, d.revoked_reason,
       d.last_counter, d.last_seen, d.lease_sequence, d.revocation_epoch, tofu, d.counter_unit,
-      d.meter_position, d.attested_tpm_clock_ms);
+      d.meter_position, d.attested_tpm_clock_ms, d.attested_tpm_reset_count);
   return Explain(c, s, what, {{"group", kGroupExists, d.group}});
 }
 

@@ -225,10 +225,20 @@ ALTER TABLE devices ADD COLUMN attested_tpm_clock_ms INTEGER;
 UPDATE devices SET meter_position = COALESCE(last_counter, 0);
 )sql";
 
+// Version 4: the reset count of the latest verified quote, which leases carry so that the device
+// counts the TPM resets since then from a signed value (PROTOCOL.md §8, §12). The clock recorded
+// before is dropped with it: both must come from one quote, and a device without them gets no
+// offline time from a lease until it attests again (which it does at its next contact).
+constexpr char kSchemaV4[] = R"sql(
+ALTER TABLE devices ADD COLUMN attested_tpm_reset_count INTEGER;
+UPDATE devices SET attested_tpm_clock_ms = NULL;
+)sql";
+
 constexpr Migration kMigrations[] = {
     {1, kSchemaV1},
     {2, kSchemaV2},
     {3, kSchemaV3},
+    {4, kSchemaV4},
 };
 
 // Runs `fn` inside BEGIN IMMEDIATE ... COMMIT; rolls back if it fails.

@@ -48,7 +48,7 @@ auto Tie(const DeviceRecord& d) {
                   d.counter_index, d.counter_name, d.tls_serial, d.tls_public_key, d.enrolled,
                   d.revoked, d.revoked_reason, d.last_counter, d.last_seen, d.lease_sequence,
                   d.revocation_epoch, d.tofu_pcrs, d.counter_unit, d.meter_position,
-                  d.attested_tpm_clock_ms);
+                  d.attested_tpm_clock_ms, d.attested_tpm_reset_count);
 }
 auto Tie(const LicenceRecord& l) {
   return std::tie(l.licence_id, l.model_id, l.device_id, l.group, l.budget, l.used, l.not_after,
@@ -227,6 +227,28 @@ class SqliteStoreTest : public ::testing::Test {
     return rc;
   }
 
+  // The file as a custodian at schema `version` left it: group 'g' and the rows `devices` lists
+  // after "INSERT INTO devices (<the columns of version 2>, `extra_columns`) VALUES ".
+  void OldDatabase(int version, const std::string& extra_columns, const std::string& devices) {
+    {
+      auto c = sqlite::Connection::Open(path_, {sqlite::ConnectionRole::kWriter});
+      ASSERT_TRUE(c.has_value()) << c.error().ToString();
+      ASSERT_EQ(sqlite::Migrate(**c, sqlite::Migrations().first(version)).value(), version);
+    }
+    auto db = RawOpen();
+    std::string error;
+    ASSERT_EQ(RawExec(db.get(),
+                      "INSERT INTO device_groups VALUES ('g', '[0]', 0, 1, '[]', '[]', 0);"
+                      "INSERT INTO devices (device_id, group_name, ek_public, ek_name, ak_public, "
+                      "binding_public, counter_index, counter_name, tls_serial, tls_public_key, "
+                      "enrolled, revoked, revoked_reason, last_counter, last_seen, lease_sequence, "
+                      "revocation_epoch, tofu_pcrs" +
+                          extra_columns + ") VALUES " + devices,
+                      &error),
+              SQLITE_OK)
+        << error;
+  }
+
   std::vector<AuditEntry> AllAudit(const Store& store) {
     auto entries = store.AuditAfter(0, SIZE_MAX);
     EXPECT_TRUE(entries.has_value()) << entries.error().ToString();
@@ -317,6 +339,7 @@ void SqliteStoreTest::RoundTripEverything(SqliteStore& store, const std::string&
   d2.counter_unit = 65536;
   d2.meter_position = UINT64_MAX - 1;
   d2.attested_tpm_clock_ms = (1ull << 63) + 7;
+  d2.attested_tpm_reset_count = UINT32_MAX - 1;
   LicenceRecord l1 = MakeLicence("lic_1" + x, m1.model_id, d1.device_id, "");
   l1.budget = UINT64_MAX;
   l1.used = (1ull << 63) + 5;
@@ -1266,28 +1289,11 @@ TEST_F(SqliteStoreTest, MigrationsApplyInOrderAndAFailingOneChangesNothing) {
 
 TEST_F(SqliteStoreTest, SchemaV3MetersExistingDevicesInUnitsOfOneFromTheirLastCounter) {
   // A database of a custodian before metering units: schema version 2, two devices.
-  {
-    auto c = sqlite::Connection::Open(path_, {sqlite::ConnectionRole::kWriter});
-    ASSERT_TRUE(c.has_value()) << c.error().ToString();
-    ASSERT_EQ(sqlite::Migrate(**c, sqlite::Migrations().first(2)).value(), 2);
-  }
-  {
-    auto db = RawOpen();
-    std::string error;
-    ASSERT_EQ(RawExec(db.get(),
-                      "INSERT INTO device_groups VALUES ('g', '[0]', 0, 1, '[]', '[]', 0);"
-                      "INSERT INTO devices (device_id, group_name, ek_public, ek_name, ak_public, "
-                      "binding_public, counter_index, counter_name, tls_serial, tls_public_key, "
-                      "enrolled, revoked, revoked_reason, last_counter, last_seen, lease_sequence, "
-                      "revocation_epoch, tofu_pcrs) VALUES "
-                      "('dev_1', 'g', x'01', x'02', x'03', x'04', 1, x'05', 'a', x'06', 0, NULL, "
-                      "'', 41, NULL, 3, 0, '{}'), "
-                      "('dev_2', 'g', x'01', x'02', x'03', x'04', 1, x'05', 'b', x'06', 0, NULL, "
-                      "'', NULL, NULL, 0, 0, '{}')",
-                      &error),
-              SQLITE_OK)
-        << error;
-  }
+  ASSERT_NO_FATAL_FAILURE(OldDatabase(2, "",
+                                      "('dev_1', 'g', x'01', x'02', x'03', x'04', 1, x'05', 'a', "
+                                      "x'06', 0, NULL, '', 41, NULL, 3, 0, '{}'), "
+                                      "('dev_2', 'g', x'01', x'02', x'03', x'04', 1, x'05', 'b', "
+                                      "x'06', 0, NULL, '', NULL, NULL, 0, 0, '{}')"));
   auto store = OpenStore();
   ASSERT_NE(store, nullptr);
   DeviceRecord d1 = store->GetDevice("dev_1").value();
@@ -1303,6 +1309,33 @@ TEST_F(SqliteStoreTest, SchemaV3MetersExistingDevicesInUnitsOfOneFromTheirLastCo
   d1.attested_tpm_clock_ms = 5000;
   ASSERT_TRUE(store->Transact([&](Transaction& tx) { return tx.PutDevice(d1); }).ok());
   EXPECT_EQ(store->GetDevice("dev_1").value(), d1);
+}
+
+TEST_F(SqliteStoreTest, SchemaV4DropsTheStoredClockSoThatClockAndResetsComeFromOneQuote) {
+  // A device with a clock recorded at schema version 3.
+  ASSERT_NO_FATAL_FAILURE(OldDatabase(3, ", counter_unit, meter_position, attested_tpm_clock_ms",
+                                      "('dev_1', 'g', x'01', x'02', x'03', x'04', 1, x'05', 'a', "
+                                      "x'06', 0, NULL, '', 41, NULL, 3, 0, '{}', 4, 164, 5000)"));
+  auto store = OpenStore();
+  ASSERT_NE(store, nullptr);
+  DeviceRecord d = store->GetDevice("dev_1").value();
+  EXPECT_EQ(d.attested_tpm_clock_ms, std::nullopt) << "until the device attests again";
+  EXPECT_EQ(d.attested_tpm_reset_count, std::nullopt);
+  EXPECT_EQ(d.meter_position, 164u) << "the rest stays";
+  d.attested_tpm_clock_ms = 6000;
+  d.attested_tpm_reset_count = UINT32_MAX;  // obfuscated: any 32-bit value
+  ASSERT_TRUE(store->Transact([&](Transaction& tx) { return tx.PutDevice(d); }).ok());
+  EXPECT_EQ(store->GetDevice("dev_1").value(), d);
+  // A value no TPM gives is a corrupt row, not a silent truncation.
+  {
+    auto db = RawOpen();
+    ASSERT_EQ(RawExec(db.get(), "UPDATE devices SET attested_tpm_reset_count = 4294967296"),
+              SQLITE_OK);
+  }
+  Result<DeviceRecord> corrupt = store->GetDevice("dev_1");
+  ASSERT_FALSE(corrupt.ok());
+  EXPECT_NE(corrupt.error().message().find("TPM reset count"), std::string::npos)
+      << corrupt.error().ToString();
 }
 
 TEST_F(SqliteStoreTest, FilesThatAreNotCustodianDatabasesAreRefused) {

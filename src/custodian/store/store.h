@@ -124,7 +124,10 @@ struct DeviceRecord {
   // In requests: how far the device has certainly metered (highest certified counter x unit -
   // the credited prepaid requests). Leases allow `meter_position + remaining`.
   uint64_t meter_position = 0;
-  std::optional<uint64_t> attested_tpm_clock_ms;  // TPM clock of the latest verified quote
+  // The TPM clock and reset count (as the AK quotes it: obfuscated) of the latest verified quote;
+  // both set by the same attestation.
+  std::optional<uint64_t> attested_tpm_clock_ms;
+  std::optional<uint32_t> attested_tpm_reset_count;
 };
 
 struct ExtensionPolicy {
