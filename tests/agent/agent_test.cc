@@ -1,11 +1,9 @@
 // custody-agent end to end: the real program, its swtpm, a real custodian (in this process) and
 // real requests through the agent's socket. Each test is one scenario of the product's core loop
 // or one attack on it, expecting a specific, explained refusal (docs/THREATS.md, "Device agent").
-#include <grp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -21,6 +19,7 @@
 #include "core/format/sealed.h"
 #include "tests/support/agent_world.h"
 #include "tests/support/must.h"
+#include "tests/support/unprivileged.h"
 
 namespace custody::testing {
 namespace {
@@ -604,7 +603,8 @@ TEST_F(AgentE2eTest, PcrChangedAfterAttestationGetsNoLeaseAndTheKeyDoesNotUnwrap
 TEST_F(AgentE2eTest, UnauthorisedUidIsRefusedAtTheSocket) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to act as another uid";
   WorldOptions o;
-  o.serve_extra = "socket_group = \"65534\"\n";  // the other uid's group may connect
+  // The unprivileged user's group may connect.
+  o.serve_extra = "socket_group = \"" + std::to_string(kNobodyGid) + "\"\n";
   ASSERT_NO_FATAL_FAILURE(Make(o));
   // As /run/custody in a deployment: others may reach the socket; its mode and the peer check
   // decide.
@@ -615,31 +615,18 @@ TEST_F(AgentE2eTest, UnauthorisedUidIsRefusedAtTheSocket) {
   struct stat st {};
   ASSERT_EQ(stat(world_->socket_path().c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0660u);
-  EXPECT_EQ(st.st_gid, 65534u);
-  int fds[2];
-  ASSERT_EQ(pipe(fds), 0);
-  const pid_t pid = fork();
-  if (pid == 0) {
-    close(fds[0]);
-    std::string result = "setuid failed";
-    if (setgroups(0, nullptr) == 0 && setgid(65534) == 0 && setuid(65534) == 0) {
-      Result<std::unique_ptr<agent::LocalClient>> c =
-          agent::LocalClient::Connect({world_->socket_path()});
-      Result<agent::LocalAnswer> a =
-          c ? (*c)->Send("GET", "/v1/status") : Result<agent::LocalAnswer>(c.error());
-      result = a ? std::to_string(a->status) + " " + a->body : a.error().ToString();
-    }
-    if (write(fds[1], result.data(), result.size()) < 0) _exit(2);
-    _exit(0);
-  }
-  close(fds[1]);
-  std::string result;
-  char buf[1024];
-  for (ssize_t n; (n = read(fds[0], buf, sizeof buf)) > 0;) result.append(buf, n);
-  close(fds[0]);
-  waitpid(pid, nullptr, 0);
+  EXPECT_EQ(st.st_gid, kNobodyGid);
+  const std::string result = MUST(AsUnprivilegedUser([&] {
+    Result<std::unique_ptr<agent::LocalClient>> c =
+        agent::LocalClient::Connect({world_->socket_path()});
+    Result<agent::LocalAnswer> a =
+        c ? (*c)->Send("GET", "/v1/status") : Result<agent::LocalAnswer>(c.error());
+    return a ? std::to_string(a->status) + " " + a->body : a.error().ToString();
+  }));
   EXPECT_EQ(result.substr(0, 4), "403 ") << result;
-  EXPECT_NE(result.find("uid 65534 may not use this agent"), std::string::npos) << result;
+  EXPECT_NE(result.find("uid " + std::to_string(kNobodyUid) + " may not use this agent"),
+            std::string::npos)
+      << result;
   EXPECT_EQ(MUST(client_->Send("GET", "/v1/status")).status, 200) << "the agent's own uid may";
 }
 
