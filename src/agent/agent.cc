@@ -113,7 +113,10 @@ Result<std::string> Enroll(const AgentConfig& config, const EnrollOptions& optio
   CUSTODY_RETURN_IF_ERROR(FinishEnrollment(e, result));
 
   CUSTODY_ASSIGN_OR_RETURN(SecretBuffer tls_pem, tls_key.ToPem());
-  CUSTODY_RETURN_IF_ERROR(dir.SaveTlsKey(tls_pem.span()));
+  CUSTODY_ASSIGN_OR_RETURN(SealedTlsKey sealed_tls, tpm.Run(TpmOp::kEnroll, [&](tpm::Tpm& t) {
+    return SealTlsKey(t, e.identity.device_id, tls_pem.span());
+  }));
+  CUSTODY_RETURN_IF_ERROR(dir.SaveTlsKey(sealed_tls));
   CUSTODY_RETURN_IF_ERROR(Meter::CreateJournal(dir.journal_path(), tpm, e.identity));
   // Last: the identity is what makes the directory an enrolled device.
   CUSTODY_RETURN_IF_ERROR(dir.SaveIdentity(e.identity));
@@ -281,7 +284,7 @@ Result<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config,
     log.Warn("metering.unit differs from the unit fixed at enrollment; the enrolled one is used",
              {{"configured", config.metering.unit}, {"enrolled", p->identity.counter_unit}});
   }
-  CUSTODY_ASSIGN_OR_RETURN(SecretBuffer tls_key, p->dir->LoadTlsKey());
+  CUSTODY_ASSIGN_OR_RETURN(SealedTlsKey sealed_tls, p->dir->LoadTlsKey());
   CUSTODY_ASSIGN_OR_RETURN(std::string vendor_pem,
                            ReadText(config.vendor_public_key, "vendor_public_key"));
   Result<crypto::Ed25519PublicKey> vendor = crypto::Ed25519PublicKey::FromPem(vendor_pem);
@@ -307,6 +310,10 @@ Result<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config,
                            {"unit", p->meter->unit()},
                            {"position", p->meter->position()}});
 
+  CUSTODY_ASSIGN_OR_RETURN(SecretBuffer tls_key, p->tpm->Run(TpmOp::kUnwrap, [&](tpm::Tpm& t) {
+    return OpenTlsKey(t, p->identity.device_id, sealed_tls);
+  }));
+
   CUSTODY_ASSIGN_OR_RETURN(AgentState state, p->dir->LoadState());
   p->state = std::make_unique<PersistentState>(*p->dir, std::move(state));
   p->catalog = std::make_unique<ModelCatalog>(config.models_dir, std::move(vendor).value());
@@ -324,8 +331,8 @@ Result<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config,
   link.renew_interval_ms = config.renew_interval_ms;
   link.extension_threshold = config.metering.extension_threshold;
   link.extension_amount = config.metering.extension_amount;
-  p->link = std::make_unique<CustodianLink>(link, p->identity, *p->tpm, *p->meter, *p->leases,
-                                            *p->state, log);
+  p->link = std::make_unique<CustodianLink>(std::move(link), p->identity, *p->tpm, *p->meter,
+                                            *p->leases, *p->state, log);
   // The TPM clock first, then the stored leases: a restart while offline serves at once if the
   // grace allows.
   Result<tpm::TimeInfo> clock =

@@ -102,6 +102,9 @@ Status CustodianLink::Start() {
   http::ClientOptions poll = options_.client;
   poll.request_timeout = milliseconds(options_.poll_wait_ms + 15'000);
   CUSTODY_ASSIGN_OR_RETURN(events_client_, Client::Create(poll));
+  // Both clients hold the TLS key in their contexts; no copy of its PEM stays.
+  http::WipeClientKey(poll);
+  http::WipeClientKey(options_.client);
   ReadClock();
   events_thread_ = std::thread([this] { EventsLoop(); });
   maintenance_thread_ = std::thread([this] { MaintenanceLoop(); });

@@ -99,7 +99,7 @@ class CustodianLink {
   Result<Bytes> Nonce(http::Client& client);
   bool NeedsAttestation() const;
 
-  const LinkOptions options_;
+  LinkOptions options_;  // client.client_key_pem is wiped once Start made the clients
   const DeviceIdentity& identity_;
   SharedTpm& tpm_;
   Meter& meter_;

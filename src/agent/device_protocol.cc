@@ -103,6 +103,47 @@ Result<protocol::AttestRequest> MakeAttestation(tpm::Tpm& tpm, const DeviceIdent
   return r;
 }
 
+namespace {
+
+Bytes TlsKeyAad(std::string_view device_id) {
+  constexpr std::string_view kContext = "custody/tls-key/v1";
+  Bytes aad(kContext.begin(), kContext.end());
+  aad.push_back(0);
+  aad.insert(aad.end(), device_id.begin(), device_id.end());
+  return aad;
+}
+
+}  // namespace
+
+Result<SealedTlsKey> SealTlsKey(tpm::Tpm& tpm, std::string_view device_id, ByteSpan pem) {
+  CUSTODY_ASSIGN_OR_RETURN(SecretBuffer key, SecretBuffer::Allocate(crypto::kAes256KeyBytes));
+  CUSTODY_RETURN_IF_ERROR(crypto::RandomBytes(key.span()));
+  SealedTlsKey out;
+  CUSTODY_ASSIGN_OR_RETURN(out.sealed_key, tpm.Seal(key.span()));
+  CUSTODY_ASSIGN_OR_RETURN(out.nonce, crypto::RandomBytes(crypto::kGcmNonceBytes));
+  CUSTODY_ASSIGN_OR_RETURN(out.ciphertext,
+                           crypto::AesGcmSeal(key.span(), out.nonce, TlsKeyAad(device_id), pem));
+  return out;
+}
+
+Result<SecretBuffer> OpenTlsKey(tpm::Tpm& tpm, std::string_view device_id,
+                                const SealedTlsKey& key) {
+  Result<SecretBuffer> aes = tpm.Unseal(key.sealed_key);
+  if (!aes) {
+    return Status(aes.error().code(),
+                  "cannot unseal the device's TLS key (tls-key.sealed): " + aes.error().message());
+  }
+  Result<SecretBuffer> pem =
+      crypto::AesGcmOpen(aes->span(), key.nonce, TlsKeyAad(device_id), key.ciphertext);
+  if (!pem) {
+    return Unauthenticated(
+        "the device's TLS key (tls-key.sealed) does not open: it was altered, or sealed for "
+        "another device than " +
+        std::string(device_id));
+  }
+  return pem;
+}
+
 Result<uint32_t> QuotedResetOffset(tpm::Tpm& tpm, const DeviceIdentity& id) {
   tpm::QuoteExpectation expect;
   expect.ak_public = id.ak.public_area;

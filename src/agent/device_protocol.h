@@ -58,6 +58,18 @@ Result<protocol::EnrollCompleteRequest> ContinueEnrollment(
     tpm::Tpm& tpm, EnrollmentInProgress& enrollment, const protocol::EnrollBeginResponse& challenge,
     ByteSpan tls_spki);
 
+// The TLS client key at rest (FORMAT.md, "tls-key.sealed"): its PEM under AES-256-GCM with a
+// random 32-byte key that this TPM seals (Tpm::Seal), with AAD "custody/tls-key/v1" 0x00
+// device_id. A copy of the state directory holds no usable key anywhere else.
+struct SealedTlsKey {
+  tpm::KeyBlob sealed_key;  // the AES key, as a sealed data object of this TPM
+  Bytes nonce;              // 12 bytes
+  Bytes ciphertext;         // the PEM, then the 16-byte tag
+};
+Result<SealedTlsKey> SealTlsKey(tpm::Tpm& tpm, std::string_view device_id, ByteSpan pem);
+// kUnauthenticated: sealed by another TPM, or for another device, or altered.
+Result<SecretBuffer> OpenTlsKey(tpm::Tpm& tpm, std::string_view device_id, const SealedTlsKey& key);
+
 // Enrollment, done: records what the custodian returned (pins its keys).
 Status FinishEnrollment(EnrollmentInProgress& enrollment,
                         const protocol::EnrollCompleteResponse& result);

@@ -27,7 +27,7 @@ enum class TpmOp : size_t {
   kCounterAdvance,  // one block of requests (the only one on the request path)
   kCounterCertify,  // NV_Certify for a usage report
   kAttest,          // a quote for the custodian
-  kUnwrap,          // a lease's DEK through the binding key
+  kUnwrap,          // a lease's DEK through the binding key; the TLS key at start
   kCount,
 };
 

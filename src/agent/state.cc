@@ -286,12 +286,39 @@ Status StateDir::SaveIdentity(const DeviceIdentity& id) const {
   return WriteJson(path_ + "/identity.json", IdentityToJson(id));
 }
 
-Result<SecretBuffer> StateDir::LoadTlsKey() const {
-  return ReadSecretFile(path_ + "/tls-key.pem", 16384);
+Result<SealedTlsKey> StateDir::LoadTlsKey() const {
+  const std::string p = path_ + "/tls-key.sealed";
+  if (!PathExists(p)) {
+    return NotFound(p + " is missing: the device's TLS key is gone; enroll the device again");
+  }
+  CUSTODY_ASSIGN_OR_RETURN(std::string text, ReadText(p));
+  Result<nlohmann::json> j = protocol::ParseJsonObject(text, kMaxStateFileBytes, p);
+  if (!j) return Malformed(p, j.error());
+  const JsonObject o(*j, "");
+  auto parse = [&]() -> Result<SealedTlsKey> {
+    CUSTODY_RETURN_IF_ERROR(o.RejectUnknown({"version", "sealed_key", "nonce", "ciphertext"}));
+    CUSTODY_ASSIGN_OR_RETURN(uint64_t version, o.Uint("version"));
+    if (version != 1) return o.FieldError("version", "expected 1");
+    SealedTlsKey k;
+    CUSTODY_ASSIGN_OR_RETURN(k.sealed_key, BlobFrom(o, "sealed_key"));
+    CUSTODY_ASSIGN_OR_RETURN(k.nonce, o.Base64("nonce", crypto::kGcmNonceBytes));
+    if (k.nonce.size() != crypto::kGcmNonceBytes) return o.FieldError("nonce", "expected 12 bytes");
+    CUSTODY_ASSIGN_OR_RETURN(k.ciphertext, o.Base64("ciphertext", 16384));
+    if (k.ciphertext.size() <= crypto::kGcmTagBytes) {
+      return o.FieldError("ciphertext", "shorter than its tag");
+    }
+    return k;
+  };
+  Result<SealedTlsKey> key = parse();
+  if (!key) return Malformed(p, key.error());
+  return key;
 }
 
-Status StateDir::SaveTlsKey(ByteSpan pem) const {
-  return WriteFileAtomic(path_ + "/tls-key.pem", pem, WriteOptions{0600, Overwrite::kAllow});
+Status StateDir::SaveTlsKey(const SealedTlsKey& key) const {
+  return WriteJson(path_ + "/tls-key.sealed", {{"version", 1},
+                                               {"sealed_key", BlobJson(key.sealed_key)},
+                                               {"nonce", Base64Encode(key.nonce)},
+                                               {"ciphertext", Base64Encode(key.ciphertext)}});
 }
 
 Result<AgentState> StateDir::LoadState() const {

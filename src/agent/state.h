@@ -5,7 +5,7 @@
 //   identity.json   device id, TPM key blobs (loadable only by this TPM), the NV counter's index,
 //                   authValue and unit, the PCR selection, the pinned custodian keys and CA, the
 //                   device certificate
-//   tls-key.pem     the device's TLS client key (P-256)
+//   tls-key.sealed  the device's TLS client key (P-256), sealed to this TPM (SealedTlsKey)
 //   meter.journal   the metering journal (journal.h)
 //   leases.json     the lease envelopes held, as received (their signatures are checked again at
 //                   every start)
@@ -16,7 +16,8 @@
 // Nothing here is secret from the TPM's point of view: the key blobs are useless on another TPM,
 // and a copied directory gets no lease (a quote from another TPM does not verify) and no model key
 // (the binding key does not load). The counter's authValue and the TLS key are secrets of the
-// device (0600); see THREATS.md for what root on the device can do with them.
+// device (0600); the TLS key opens only in this TPM. See THREATS.md for what root on the device
+// can do with them.
 //
 // Errors: kNotFound (not enrolled: no identity), kDataLoss (a file that does not parse, naming it
 // and the field), kPermissionDenied (a directory other users can write to), errno codes.
@@ -70,8 +71,8 @@ class StateDir {
 
   Result<DeviceIdentity> LoadIdentity() const;
   Status SaveIdentity(const DeviceIdentity& id) const;
-  Result<SecretBuffer> LoadTlsKey() const;
-  Status SaveTlsKey(ByteSpan pem) const;
+  Result<SealedTlsKey> LoadTlsKey() const;
+  Status SaveTlsKey(const SealedTlsKey& key) const;
   // A missing state file is a fresh state.
   Result<AgentState> LoadState() const;
   Status SaveState(const AgentState& state) const;

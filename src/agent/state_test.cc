@@ -112,6 +112,42 @@ TEST_F(StateDirTest, CorruptFilesAreDataLossNamingTheFileAndField) {
   EXPECT_EQ(dir.LoadLeases().error().code(), StatusCode::kDataLoss);
 }
 
+TEST_F(StateDirTest, SealedTlsKeyRoundTripsAndABadFileNamesWhatIsWrong) {
+  StateDir dir = MUST(StateDir::Create(root_ + "/state"));
+  const std::string path = root_ + "/state/tls-key.sealed";
+  Status missing = dir.LoadTlsKey().error();
+  EXPECT_EQ(missing.code(), StatusCode::kNotFound);
+  EXPECT_NE(missing.message().find("enroll the device again"), std::string::npos)
+      << missing.ToString();
+  const SealedTlsKey key{{Bytes{1, 2}, Bytes{3}}, Bytes(12, 4), Bytes(40, 5)};
+  ASSERT_OK(dir.SaveTlsKey(key));
+  struct stat st {};
+  ASSERT_EQ(stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  const SealedTlsKey back = MUST(dir.LoadTlsKey());
+  EXPECT_EQ(back.sealed_key.private_area, Bytes{3});
+  EXPECT_EQ(back.nonce, Bytes(12, 4));
+  EXPECT_EQ(back.ciphertext, Bytes(40, 5));
+  const nlohmann::json good = nlohmann::json::parse(AsChars(MUST(ReadFile(path))));
+  auto load_with = [&](const std::string& field, const nlohmann::json& value) {
+    nlohmann::json j = good;
+    j[field] = value;
+    EXPECT_TRUE(
+        WriteFileAtomic(path, AsBytes(j.dump()), WriteOptions{0600, Overwrite::kAllow}).ok());
+    return dir.LoadTlsKey().error();
+  };
+  for (const auto& [field, value] : std::vector<std::pair<std::string, nlohmann::json>>{
+           {"nonce", Base64Encode(Bytes(8, 1))},
+           {"ciphertext", Base64Encode(Bytes(16, 1))},
+           {"version", 2},
+           {"extra", 1}}) {
+    const Status bad = load_with(field, value);
+    EXPECT_EQ(bad.code(), StatusCode::kDataLoss) << bad.ToString();
+    EXPECT_NE(bad.message().find("tls-key.sealed"), std::string::npos) << bad.ToString();
+    EXPECT_NE(bad.message().find(field), std::string::npos) << bad.ToString();
+  }
+}
+
 TEST_F(StateDirTest, DirectoryOthersCanWriteToIsRefused) {
   const std::string path = root_ + "/open";
   ASSERT_EQ(mkdir(path.c_str(), 0777), 0);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "core/base/secret_buffer.h"
 #include "core/protocol/json.h"
 #include "http/tls.h"
 
@@ -68,6 +69,12 @@ Result<nlohmann::json> ClientResponse::Json(size_t max_bytes) const {
   return protocol::ParseJsonObject(body, max_bytes, "response body");
 }
 
+void WipeClientKey(ClientOptions& options) {
+  if (!options.client_key_pem) return;
+  SecureWipe(options.client_key_pem->data(), options.client_key_pem->size());
+  options.client_key_pem.reset();
+}
+
 Result<std::shared_ptr<const ClientContext>> ClientContext::Create(ClientOptions options) {
   if (options.host.empty() || options.port == 0) {
     return InvalidArgument("client options need a host and a non-zero port");
@@ -79,6 +86,8 @@ Result<std::shared_ptr<const ClientContext>> ClientContext::Create(ClientOptions
   CUSTODY_ASSIGN_OR_RETURN(std::shared_ptr<asio::ssl::context> tls,
                            MakeClientTlsContext({options.ca_pem, options.client_certificate_pem,
                                                  options.client_key_pem}));
+  // The TLS context holds the key from here on; its PEM is not kept.
+  WipeClientKey(options);
   std::shared_ptr<ClientContext> out(new ClientContext());
   out->label_ = "custodian " + options.host + ":" + std::to_string(options.port);
   out->options_ = std::move(options);

@@ -50,10 +50,15 @@ struct ClientOptions {
   std::optional<std::string> client_key_pem;
   // Sent as "Authorization: Bearer <token>" unless a request overrides it.
   std::optional<std::string> bearer_token;
-  std::chrono::milliseconds connect_timeout{10'000};  // resolve + TCP connect + TLS handshake
+  std::chrono::milliseconds connect_timeout{10'000};
+  // resolve + TCP connect + TLS handshake
   std::chrono::milliseconds request_timeout{60'000};  // write request + read whole answer
   size_t max_response_body_bytes = 64 << 20;
 };
+
+// Overwrites and drops options.client_key_pem. Clients keep only the TLS context made from it;
+// callers that keep options after making clients wipe their copies with this.
+void WipeClientKey(ClientOptions& options);
 
 struct ClientRequest {
   std::string method = "GET";

@@ -407,6 +407,25 @@ TEST_F(ServerTest, DeviceRouteGivesTheHandlerTheCertificateCommonName) {
   EXPECT_EQ(body["kind"], static_cast<int>(Principal::Kind::kDevice));
 }
 
+TEST_F(ServerTest, ClientKeepsOnlyTheTlsContextNotTheKeyPem) {
+  ASSERT_NO_FATAL_FAILURE(Start(TestRouter()));
+  ClientOptions o = ClientOpts(&Pki().device);
+  Result<std::unique_ptr<Client>> created = Client::Create(o);
+  ASSERT_TRUE(created.ok()) << created.error().ToString();
+  std::unique_ptr<Client> client = std::move(*created);
+  // The caller's copy can go: the client authenticates with the context it made.
+  WipeClientKey(o);
+  EXPECT_FALSE(o.client_key_pem.has_value());
+  Result<ClientResponse> r = client->Get("/v1/device/whoami");
+  ASSERT_TRUE(r.ok()) << r.error().ToString();
+  EXPECT_EQ(r->status, 200) << r->body;
+  // And options without a key are left as they are.
+  ClientOptions none = ClientOpts();
+  WipeClientKey(none);
+  EXPECT_FALSE(none.client_key_pem.has_value());
+  EXPECT_EQ(none.ca_pem, Pki().ca.cert_pem);
+}
+
 TEST_F(ServerTest, DeviceRouteRefusesAClientWithoutCertificate) {
   ASSERT_NO_FATAL_FAILURE(Start(TestRouter()));
   Result<ClientResponse> r = NewClient()->Get("/v1/device/whoami");

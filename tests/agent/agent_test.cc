@@ -463,6 +463,9 @@ TEST_F(AgentE2eTest, CopiedStateDirectoryOnAnotherTpmGetsNoLeaseAndNoModel) {
   const protocol::LeasePayload lease = MUST(agent::OpenLease(id, leases[0]));
   Result<SecretBuffer> dek = agent::UnwrapLeaseKey(*tpm, id, lease);
   EXPECT_FALSE(dek.ok()) << "the binding key must not load on another TPM";
+  Result<SecretBuffer> tls = agent::OpenTlsKey(*tpm, id.device_id, MUST(dir.LoadTlsKey()));
+  ASSERT_FALSE(tls.ok()) << "the TLS key must not unseal on another TPM";
+  EXPECT_EQ(tls.error().code(), StatusCode::kUnauthenticated) << tls.error().ToString();
 }
 
 TEST_F(AgentE2eTest, ReplayedOldLeaseFileIsRefused) {
@@ -726,6 +729,49 @@ TEST_F(AgentE2eTest, ModelPlaintextNeverTouchesDisk) {
     }
   }
   EXPECT_TRUE(found.empty()) << "the model's plaintext is in: " << found[0];
+}
+
+TEST_F(AgentE2eTest, TlsKeyIsSealedToTheTpmAndAnAlteredOrMissingOneIsRefused) {
+  ASSERT_NO_FATAL_FAILURE(Make({}));
+  // No private key in the clear anywhere in the state directory.
+  for (const auto& entry : std::filesystem::directory_iterator(world_->state_dir())) {
+    const std::string text(AsChars(MUST(ReadFile(entry.path().string(), 64 << 20))));
+    EXPECT_EQ(text.find("PRIVATE KEY"), std::string::npos) << entry.path();
+  }
+  const std::string sealed_path = world_->state_dir() + "/tls-key.sealed";
+  struct stat st {};
+  ASSERT_EQ(stat(sealed_path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  // It opens in this TPM: the agent reaches the custodian over mutual TLS with it.
+  ASSERT_NO_FATAL_FAILURE(StartAgent());
+  ASSERT_NO_FATAL_FAILURE(WaitServing());
+  ASSERT_NO_FATAL_FAILURE(StopAgent());
+
+  // One bit of the encrypted key changed.
+  const Bytes original = MUST(ReadFile(sealed_path));
+  nlohmann::json altered = nlohmann::json::parse(AsChars(original));
+  Bytes ciphertext = MUST(Base64Decode(altered["ciphertext"].get<std::string>()));
+  ciphertext[ciphertext.size() / 2] ^= 0x01;
+  altered["ciphertext"] = Base64Encode(ciphertext);
+  ASSERT_OK(
+      WriteFileAtomic(sealed_path, AsBytes(altered.dump()), WriteOptions{0600, Overwrite::kAllow}));
+  const Exited refused =
+      MUST(RunToExit({AgentBinary(), "run", "--config", world_->config_path()}, 60s));
+  EXPECT_EQ(refused.code, 5) << refused.output;
+  EXPECT_NE(refused.output.find("tls-key.sealed) does not open: it was altered"), std::string::npos)
+      << refused.output;
+
+  // Gone.
+  std::filesystem::remove(sealed_path);
+  const Exited missing =
+      MUST(RunToExit({AgentBinary(), "run", "--config", world_->config_path()}, 60s));
+  EXPECT_EQ(missing.code, 3) << missing.output;
+  EXPECT_NE(missing.output.find("enroll the device again"), std::string::npos) << missing.output;
+
+  // Put back, it serves again.
+  ASSERT_OK(WriteFileAtomic(sealed_path, original, WriteOptions{0600, Overwrite::kAllow}));
+  ASSERT_NO_FATAL_FAILURE(StartAgent());
+  ASSERT_NO_FATAL_FAILURE(WaitServing());
 }
 
 TEST_F(AgentE2eTest, ProgramRefusesClearlyWhenNotEnrolledOrEnrolledTwice) {

@@ -4,6 +4,7 @@
 // then the attacks of docs/THREATS.md ("TPM"), each expecting its specific refusal.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -318,6 +319,42 @@ TEST_F(TpmTest, BindingKeyFromAnotherTpmIsRefused) {
   Attestation cert = MUST(a.tpm->Certify(a.ak, a.binding, nonce));
   EXPECT_EQ(VerifyCertify(cert, b.ak.public_area, nonce, a.binding.public_area).code(),
             StatusCode::kUnauthenticated);
+}
+
+// ----- sealed data
+// --------------------------------------------------------------------------------
+
+TEST_F(TpmTest, SealedDataOpensOnlyInItsTpmAndSurvivesAReboot) {
+  Device d = MakeDevice(policy_key_.public_key());
+  const Bytes secret = MUST(crypto::RandomBytes(kMaxSealedBytes));
+  const KeyBlob sealed = MUST(d.tpm->Seal(secret));
+  // The blob holds the secret only encrypted by the TPM.
+  for (const Bytes& part : {sealed.public_area, sealed.private_area}) {
+    EXPECT_EQ(std::search(part.begin(), part.end(), secret.begin(), secret.begin() + 16),
+              part.end());
+  }
+  SecretBuffer opened = MUST(d.tpm->Unseal(sealed));
+  EXPECT_EQ(Bytes(opened.span().begin(), opened.span().end()), secret);
+  d.tpm.reset();
+  ASSERT_OK(d.swtpm->Restart(Swtpm::Shutdown::kPowerCut));
+  d.tpm = MUST(Tpm::Open(d.swtpm->tcti()));
+  SecretBuffer again = MUST(d.tpm->Unseal(sealed));
+  EXPECT_EQ(Bytes(again.span().begin(), again.span().end()), secret);
+
+  // Copied to another machine: its TPM cannot load the blob.
+  auto thief = MUST(Swtpm::Start());
+  auto thief_tpm = MUST(Tpm::Open(thief->tcti()));
+  Result<SecretBuffer> stolen = thief_tpm->Unseal(sealed);
+  ASSERT_FALSE(stolen.has_value());
+  ExpectError(stolen.error(), StatusCode::kUnauthenticated, "not created by this TPM");
+  // A blob altered on disk does not load either.
+  KeyBlob altered = sealed;
+  altered.private_area[altered.private_area.size() - 1] ^= 0x01;
+  EXPECT_FALSE(d.tpm->Unseal(altered).has_value());
+  // And what no TPM seals is refused before it reaches one.
+  ExpectError(d.tpm->Seal(Bytes(kMaxSealedBytes + 1, 7)).status(), StatusCode::kInvalidArgument,
+              "a TPM seals at most 128");
+  ExpectError(d.tpm->Seal({}).status(), StatusCode::kInvalidArgument, "nothing to seal");
 }
 
 // ----- NV counter and clock

@@ -234,18 +234,37 @@ Result<Tpm::Handle> Tpm::StartSession(TPM2_SE type, bool salted, std::string_vie
   return handle;
 }
 
-Result<KeyBlob> Tpm::CreateUnderSrk(const TPMT_PUBLIC& templ, std::string_view what) {
+Result<KeyBlob> Tpm::CreateUnderSrk(const TPMT_PUBLIC& templ, std::string_view what,
+                                    ByteSpan data) {
   CUSTODY_ASSIGN_OR_RETURN(ESYS_TR srk, Srk());
   TPM2B_SENSITIVE_CREATE sensitive{};
+  // The TSS's buffer is larger than what TPMs accept (MAX_SYM_DATA).
+  if (data.size() > kMaxSealedBytes) {
+    return InvalidArgument("the " + std::string(what) + " is " + std::to_string(data.size()) +
+                           " bytes; a TPM seals at most " + std::to_string(kMaxSealedBytes));
+  }
+  std::memcpy(sensitive.sensitive.data.buffer, data.data(), data.size());
+  sensitive.sensitive.data.size = static_cast<UINT16>(data.size());
+  // Data to seal crosses the bus encrypted: a salted session in the second slot encrypts the
+  // first command parameter (inSensitive). The SRK's own authorisation stays the empty password.
+  Handle encrypt;
+  if (!data.empty()) {
+    CUSTODY_ASSIGN_OR_RETURN(encrypt, StartSession(TPM2_SE_HMAC, /*salted=*/true, what));
+    TSS2_RC set = Esys_TRSess_SetAttributes(
+        esys_.get(), encrypt.get(), TPMA_SESSION_CONTINUESESSION | TPMA_SESSION_DECRYPT, 0xff);
+    if (set != TSS2_RC_SUCCESS) return TssStatus(set, "set session attributes");
+  }
   TPM2B_PUBLIC in_public{};
   in_public.publicArea = templ;
   TPM2B_DATA outside{};
   TPML_PCR_SELECTION creation_pcr{};
   TPM2B_PRIVATE* raw_priv = nullptr;
   TPM2B_PUBLIC* raw_pub = nullptr;
-  TSS2_RC rc = Esys_Create(esys_.get(), srk, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
-                           &sensitive, &in_public, &outside, &creation_pcr, &raw_priv, &raw_pub,
-                           nullptr, nullptr, nullptr);
+  TSS2_RC rc =
+      Esys_Create(esys_.get(), srk, ESYS_TR_PASSWORD, data.empty() ? ESYS_TR_NONE : encrypt.get(),
+                  ESYS_TR_NONE, &sensitive, &in_public, &outside, &creation_pcr, &raw_priv,
+                  &raw_pub, nullptr, nullptr, nullptr);
+  SecureWipe(&sensitive, sizeof(sensitive));
   EsysOut<TPM2B_PRIVATE> priv(raw_priv);
   EsysOut<TPM2B_PUBLIC> pub(raw_pub);
   if (rc != TSS2_RC_SUCCESS) return TssStatus(rc, "create the " + std::string(what));
@@ -334,6 +353,28 @@ Result<KeyBlob> Tpm::CreateAttestationKey() {
 
 Result<KeyBlob> Tpm::CreateBindingKey(const crypto::Sha256Digest& auth_policy) {
   return CreateUnderSrk(BindingKeyTemplate(auth_policy), "binding key");
+}
+
+// ----- sealed data
+// --------------------------------------------------------------------------------
+
+Result<KeyBlob> Tpm::Seal(ByteSpan data) {
+  if (data.empty()) return InvalidArgument("nothing to seal");
+  return CreateUnderSrk(SealedDataTemplate(), "sealed data", data);
+}
+
+Result<SecretBuffer> Tpm::Unseal(const KeyBlob& sealed) {
+  CUSTODY_ASSIGN_OR_RETURN(Handle object, Load(sealed, "sealed data"));
+  CUSTODY_ASSIGN_OR_RETURN(Handle session,
+                           StartSession(TPM2_SE_HMAC, /*salted=*/true, "the sealed data"));
+  TPM2B_SENSITIVE_DATA* raw_data = nullptr;
+  TSS2_RC rc = Esys_Unseal(esys_.get(), object.get(), ESYS_TR_PASSWORD, session.get(), ESYS_TR_NONE,
+                           &raw_data);
+  EsysOut<TPM2B_SENSITIVE_DATA> data(raw_data);
+  if (rc != TSS2_RC_SUCCESS) return TssStatus(rc, "unseal the sealed data");
+  Result<SecretBuffer> out = SecretBuffer::CopyFrom(ByteSpan(data->buffer, data->size));
+  SecureWipe(data->buffer, sizeof(data->buffer));
+  return out;
 }
 
 Result<SecretBuffer> Tpm::ActivateCredential(const KeyBlob& ak, EkType ek_type,

@@ -111,6 +111,15 @@ class Tpm {
                                             const crypto::P256PublicKey& policy_key,
                                             ByteSpan envelope, ByteSpan context);
 
+  // ----- sealed data ---------------------------------------------------------------------------
+  // Seals 1..kMaxSealedBytes bytes into a keyed-hash object under the SRK (SealedDataTemplate):
+  // the blob opens only in this TPM. The data crosses the bus encrypted (a salted session
+  // encrypts the command's sensitive area).
+  Result<KeyBlob> Seal(ByteSpan data);
+  // TPM2_Unseal of a Seal blob, its answer encrypted on the bus. kUnauthenticated for a blob of
+  // another TPM.
+  Result<SecretBuffer> Unseal(const KeyBlob& sealed);
+
   // ----- NV counter ----------------------------------------------------------------------------
   // Defines the counter (NvCounterPublic) with `auth` (its authValue, up to 32 bytes), using the
   // owner hierarchy's (empty) authorisation. It reads as unwritten until the first increment.
@@ -141,7 +150,9 @@ class Tpm {
   Result<Handle> Load(const KeyBlob& key, std::string_view what);
   Result<Handle> CreateEk(EkType type, Bytes* public_area);
   Result<Handle> StartSession(TPM2_SE type, bool salted, std::string_view what);
-  Result<KeyBlob> CreateUnderSrk(const TPMT_PUBLIC& templ, std::string_view what);
+  // `data`: the sensitive data of a sealed object (empty for keys the TPM generates).
+  Result<KeyBlob> CreateUnderSrk(const TPMT_PUBLIC& templ, std::string_view what,
+                                 ByteSpan data = {});
   Result<ESYS_TR> NvHandle(uint32_t index, ByteSpan auth);
   Result<uint64_t> ReadCounterValue(ESYS_TR nv, uint32_t index);
 

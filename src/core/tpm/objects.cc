@@ -104,6 +104,16 @@ TPMT_PUBLIC BindingKeyTemplate(const crypto::Sha256Digest& auth_policy) {
   return p;
 }
 
+TPMT_PUBLIC SealedDataTemplate() {
+  TPMT_PUBLIC p{};
+  p.type = TPM2_ALG_KEYEDHASH;
+  p.nameAlg = TPM2_ALG_SHA256;
+  p.objectAttributes =
+      TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA;
+  p.parameters.keyedHashDetail.scheme.scheme = TPM2_ALG_NULL;
+  return p;
+}
+
 TPMT_PUBLIC PolicyKeyPublic(const crypto::P256PublicKey& key) {
   TPMT_PUBLIC p = EccBase(TPMA_OBJECT_SIGN_ENCRYPT | TPMA_OBJECT_USERWITHAUTH);
   p.parameters.eccDetail.scheme.scheme = TPM2_ALG_ECDSA;

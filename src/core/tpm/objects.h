@@ -38,6 +38,12 @@ TPMT_PUBLIC SrkTemplate();
 TPMT_PUBLIC EkTemplate(EkType type);
 TPMT_PUBLIC AkTemplate();
 TPMT_PUBLIC BindingKeyTemplate(const crypto::Sha256Digest& auth_policy);
+// A sealed data object (Tpm::Seal): keyed-hash with no scheme, nameAlg SHA-256, fixedTPM,
+// fixedParent, userWithAuth (empty authValue), noDA; the data is the caller's, so no
+// sensitiveDataOrigin.
+TPMT_PUBLIC SealedDataTemplate();
+// The most Tpm::Seal takes (MAX_SYM_DATA in every TPM's TPM2B_SENSITIVE_DATA).
+inline constexpr size_t kMaxSealedBytes = 128;
 // The policy key as loaded for TPM2_VerifySignature: ECC P-256, ECDSA/SHA-256, sign,
 // userWithAuth, nameAlg SHA-256, no authPolicy.
 TPMT_PUBLIC PolicyKeyPublic(const crypto::P256PublicKey& key);
