@@ -87,6 +87,7 @@ inline protocol::LeasePayload SampleLease() {
   l.not_after = "2030-01-01T00:00:00Z";
   l.offline_grace_ms = 86400000;
   l.tpm_clock_ms = 123456789;
+  l.tpm_reset_count = 0x9e3779b9;  // as an AK quotes it: obfuscated
   l.sequence = 3;
   l.revocation_epoch = 1;
   l.issued_at = "2026-06-01T00:00:00Z";
