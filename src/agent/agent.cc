@@ -314,14 +314,24 @@ Result<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config,
     return OpenTlsKey(t, p->identity.device_id, sealed_tls);
   }));
 
+  // The TPM clock, and the constant the AK's quotes add to its reset count (the leases' terms).
+  Result<tpm::TimeInfo> clock =
+      p->tpm->Run(TpmOp::kClockRead, [](tpm::Tpm& t) { return t.ReadClock(); });
+  if (!clock) return clock.error().WithContext("read the TPM clock");
+  Result<uint32_t> offset = p->tpm->Run(TpmOp::kAttest, [&](tpm::Tpm& t) {
+    return QuotedResetOffset(t, p->identity, clock->reset_count);
+  });
+  if (!offset) return offset.error().WithContext("read the TPM's reset count as the AK quotes it");
+
   CUSTODY_ASSIGN_OR_RETURN(AgentState state, p->dir->LoadState());
   p->state = std::make_unique<PersistentState>(*p->dir, std::move(state));
   p->catalog = std::make_unique<ModelCatalog>(config.models_dir, std::move(vendor).value());
   engine::LoadOptions load;
   load.plugin_dirs = config.engine.plugin_dirs;
   load.threads = config.engine.threads;
-  p->leases = std::make_unique<LeaseManager>(p->identity, *p->tpm, *p->catalog, *p->dir, *p->state,
-                                             load, [] { return std::chrono::system_clock::now(); });
+  p->leases = std::make_unique<LeaseManager>(
+      p->identity, *p->tpm, *p->catalog, *p->dir, *p->state, load,
+      [] { return std::chrono::system_clock::now(); }, *offset);
 
   LinkOptions link;
   link.client = CustodianClientOptions(config, p->identity.ca_certificate_pem);
@@ -335,13 +345,6 @@ Result<std::unique_ptr<Agent>> Agent::Start(const AgentConfig& config,
                                             *p->leases, *p->state, log);
   // The TPM clock first, then the stored leases: a restart while offline serves at once if the
   // grace allows.
-  Result<tpm::TimeInfo> clock =
-      p->tpm->Run(TpmOp::kClockRead, [](tpm::Tpm& t) { return t.ReadClock(); });
-  if (!clock) return clock.error().WithContext("read the TPM clock");
-  Result<uint32_t> offset =
-      p->tpm->Run(TpmOp::kAttest, [&](tpm::Tpm& t) { return QuotedResetOffset(t, p->identity); });
-  if (!offset) return offset.error().WithContext("read the TPM's reset count as the AK quotes it");
-  p->leases->SetQuotedResetOffset(*offset);
   p->leases->UpdateTpmClock(*clock);
   for (const std::string& problem : p->leases->Restore()) {
     log.Warn("stored lease not restored", {{"why", problem}});

@@ -144,7 +144,7 @@ Result<SecretBuffer> OpenTlsKey(tpm::Tpm& tpm, std::string_view device_id,
   return pem;
 }
 
-Result<uint32_t> QuotedResetOffset(tpm::Tpm& tpm, const DeviceIdentity& id) {
+Result<uint32_t> QuotedResetOffset(tpm::Tpm& tpm, const DeviceIdentity& id, uint32_t reset_count) {
   tpm::QuoteExpectation expect;
   expect.ak_public = id.ak.public_area;
   CUSTODY_ASSIGN_OR_RETURN(expect.nonce, crypto::RandomBytes(32));
@@ -156,8 +156,7 @@ Result<uint32_t> QuotedResetOffset(tpm::Tpm& tpm, const DeviceIdentity& id) {
                                              quoted.error().message() +
                                              "): the state directory is not this TPM's");
   }
-  CUSTODY_ASSIGN_OR_RETURN(tpm::TimeInfo now, tpm.ReadClock());
-  return static_cast<uint32_t>(quoted->clock.reset_count - now.reset_count);
+  return static_cast<uint32_t>(quoted->clock.reset_count - reset_count);
 }
 
 Result<protocol::UsageRequest> MakeUsageReport(tpm::Tpm& tpm, const DeviceIdentity& id,

@@ -81,9 +81,9 @@ Result<protocol::AttestRequest> MakeAttestation(tpm::Tpm& tpm, const DeviceIdent
 // What this device's AK adds to the TPM's reset count in its quotes. The TPM obfuscates resetCount
 // in quotes by keys outside the endorsement hierarchy, adding a constant of the key (PROTOCOL.md
 // §8); a lease's tpm_reset_count minus this is the TPM's real reset count at that quote. Found by
-// one quote over a fresh random nonce, verified with the AK's public key, and one ReadClock (a
-// reset between the two ends the process with the boot).
-Result<uint32_t> QuotedResetOffset(tpm::Tpm& tpm, const DeviceIdentity& id);
+// one quote over a fresh random nonce, verified with the AK's public key, against `reset_count`
+// from a ReadClock of this boot (a reset in between ends the process with the boot).
+Result<uint32_t> QuotedResetOffset(tpm::Tpm& tpm, const DeviceIdentity& id, uint32_t reset_count);
 
 // A usage report: the counter certified over the custodian's nonce, plus the journal's counts.
 // `prepaid`: requests the certified counter paid for that were not served yet (counter x unit -

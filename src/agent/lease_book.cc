@@ -191,26 +191,19 @@ const protocol::LeasePayload* LeaseBook::ContactLease() const {
   return contact;
 }
 
-uint64_t LeaseBook::contact_tpm_clock_ms() const {
+OfflineTime LeaseBook::Offline(TpmTime tpm) const {
   const protocol::LeasePayload* contact = ContactLease();
-  return contact == nullptr ? 0 : contact->tpm_clock_ms;
-}
-
-uint32_t LeaseBook::ResetsSinceContact(TpmTime tpm) const {
-  const protocol::LeasePayload* contact = ContactLease();
-  if (contact == nullptr) return 0;
-  // Obfuscated counts differ by the real difference, modulo 2^32.
+  if (contact == nullptr) return {};
+  OfflineTime out;
+  out.contact_ms = contact->tpm_clock_ms;
+  // Obfuscated counts differ by the real difference, modulo 2^32; a count behind the lease's
+  // (which no TPM's goes) counts nothing.
   const auto resets = static_cast<int32_t>(tpm.quoted_reset_count - contact->tpm_reset_count);
-  return resets > 0 ? static_cast<uint32_t>(resets) : 0;
-}
-
-uint64_t LeaseBook::PossibleClockLossMs(TpmTime tpm) const {
-  return uint64_t{ResetsSinceContact(tpm)} * kClockLossPerResetMs;
-}
-
-uint64_t LeaseBook::OfflineMs(TpmTime tpm) const {
-  const uint64_t contact = contact_tpm_clock_ms();
-  return (tpm.clock_ms > contact ? tpm.clock_ms - contact : 0) + PossibleClockLossMs(tpm);
+  out.resets = resets > 0 ? static_cast<uint32_t>(resets) : 0;
+  out.lost_ms = uint64_t{out.resets} * kClockLossPerResetMs;
+  out.elapsed_ms =
+      (tpm.clock_ms > out.contact_ms ? tpm.clock_ms - out.contact_ms : 0) + out.lost_ms;
+  return out;
 }
 
 uint64_t LeaseBook::min_offline_grace_ms() const {
@@ -229,23 +222,16 @@ LeaseVerdict LeaseBook::Check(const HeldLease& held, std::chrono::system_clock::
     return Refuse(Refusal::kLicenceEnded,
                   "the licence " + l.licence_id + " ended at " + At(held.not_after));
   }
-  const uint64_t contact = contact_tpm_clock_ms();
-  if (tpm.clock_ms < contact) {
+  const OfflineTime offline = Offline(tpm);
+  if (tpm.clock_ms < offline.contact_ms) {
     return Refuse(Refusal::kClockBehind,
                   "the TPM clock (" + Num(tpm.clock_ms) + " ms) is behind the last attestation (" +
-                      Num(contact) +
+                      Num(offline.contact_ms) +
                       " ms): the TPM lost time in a power cut, so the time spent offline is "
                       "unknown; serving resumes once the device reaches the custodian");
   }
   // Power cuts since the contact may have taken time off the clock: counted as the most they can.
-  const uint64_t lost = PossibleClockLossMs(tpm);
-  const uint64_t elapsed = OfflineMs(tpm);
-  const std::string lost_note =
-      lost == 0 ? std::string()
-                : " (" + DescribeMs(lost) + " of it for " + Num(ResetsSinceContact(tpm)) +
-                      " TPM reset(s) since then: a power cut can set the TPM clock back, and "
-                      "afterwards cannot be told from a clean reboot, so each reset counts as the "
-                      "most a cut can take)";
+  const uint64_t elapsed = offline.elapsed_ms;
   // The licence's end on the TPM clock: a system clock set back does not move it.
   const auto span = held.not_after - held.issued_at;
   const uint64_t span_ms = span.count() > 0 ? static_cast<uint64_t>(span.count()) * 1000 : 0;
@@ -256,6 +242,13 @@ LeaseVerdict LeaseBook::Check(const HeldLease& held, std::chrono::system_clock::
   }
   if (elapsed >= l.offline_grace_ms) {
     const uint64_t over = elapsed - l.offline_grace_ms;
+    const std::string lost_note =
+        offline.resets == 0
+            ? std::string()
+            : " (" + DescribeMs(offline.lost_ms) + " of it for " + Num(offline.resets) +
+                  " TPM reset(s) since then: a power cut can set the TPM clock back, and "
+                  "afterwards cannot be told from a clean reboot, so each reset counts as the "
+                  "most a cut can take)";
     return Refuse(Refusal::kGraceExpired,
                   "the offline grace of " + DescribeMs(l.offline_grace_ms) + " ran out " +
                       DescribeMs(over) + " ago (about " + WallAgo(now, over) +

@@ -62,6 +62,15 @@ struct TpmTime {
 // TPM that saves less often than this can lose more (THREATS.md).
 inline constexpr uint64_t kClockLossPerResetMs = uint64_t{1} << 22;
 
+// Offline time since the contact (see Time above).
+struct OfflineTime {
+  uint64_t contact_ms = 0;  // the contact's TPM clock (0: no lease held)
+  uint32_t resets = 0;      // TPM resets since the contact
+  uint64_t lost_ms = 0;     // what they may have taken off the clock: resets x kClockLossPerResetMs
+  // As the grace counts it: the TPM clock's advance since the contact (0 if behind) + lost_ms.
+  uint64_t elapsed_ms = 0;
+};
+
 // Why a lease does not serve. Names (RefusalName) are stable: the API sends them to clients in
 // the Custody-Refusal header and the status endpoint shows them.
 enum class Refusal {
@@ -140,16 +149,9 @@ class LeaseBook {
   // if it had one.
   LeaseVerdict Missing(std::string_view model_id, std::string_view model_name) const;
 
-  // The TPM clock of the latest verified attestation the leases held carry (0: none).
-  uint64_t contact_tpm_clock_ms() const;
-  // TPM resets since the contact: the contact lease's tpm_reset_count to tpm.quoted_reset_count
-  // (0 without leases, or if the lease's count is ahead, which a TPM's never is).
-  uint32_t ResetsSinceContact(TpmTime tpm) const;
-  // Offline time the TPM clock may have lost since the contact (see Time above), in ms.
-  uint64_t PossibleClockLossMs(TpmTime tpm) const;
-  // Offline time since the contact, in ms, as the grace counts it: the TPM clock's advance (0 if
-  // it is behind) plus PossibleClockLossMs.
-  uint64_t OfflineMs(TpmTime tpm) const;
+  // Offline time at `tpm`, from the contact: the lease with the highest tpm_clock_ms (the latest
+  // verified attestation), its clock and reset count. All zero without leases.
+  OfflineTime Offline(TpmTime tpm) const;
   // The smallest offline grace of the leases held (0: none).
   uint64_t min_offline_grace_ms() const;
   const std::map<std::string, HeldLease>& leases() const { return leases_; }  // by licence id

@@ -57,7 +57,7 @@ TEST(LeaseBookTest, ServesWithinTimeGraceAndBudget) {
   EXPECT_TRUE(book.Check(held, kNow, {kContact + kGraceMs - 1, true}, 999).ok());
   EXPECT_EQ(book.state().max_sequence, 5u);
   EXPECT_EQ(book.state().held.at("lic_a"), 5u);
-  EXPECT_EQ(book.contact_tpm_clock_ms(), kContact);
+  EXPECT_EQ(book.Offline({kContact + 5, true}).contact_ms, kContact);
 }
 
 TEST(LeaseBookTest, LeaseSequenceMustGoUpAndAReplayedLeaseIsRefused) {
@@ -157,16 +157,18 @@ TEST(LeaseBookTest, PowerCutsThatSetTheClockBackAboveTheAttestationCountAsTheMos
     return TpmTime{clock, safe, resets, resets + kObfuscation};
   };
   LeaseBook book("dev_1", {});
+  EXPECT_EQ(book.Offline(at(kContact + 1000, false, 8)).elapsed_ms, 0u) << "no lease, no contact";
   HeldLease long_grace = Lease("lic_a", 1);
   long_grace.lease.offline_grace_ms = 3 * 3600 * 1000;  // 3 h
   long_grace.lease.tpm_reset_count = 7 + kObfuscation;
   ASSERT_TRUE(book.Accept(std::move(long_grace)).ok());
   const HeldLease& held = book.leases().at("lic_a");
   const TpmTime one_cut = at(kContact + 1000, false, 8);
-  EXPECT_EQ(book.ResetsSinceContact(one_cut), 1u);
-  EXPECT_EQ(book.PossibleClockLossMs(one_cut), kClockLossPerResetMs);
-  EXPECT_EQ(book.OfflineMs(one_cut), 1000 + kClockLossPerResetMs) << "what status shows as well";
-  EXPECT_EQ(book.OfflineMs(at(kContact - 5, false, 7)), 0u)
+  EXPECT_EQ(book.Offline(one_cut).resets, 1u);
+  EXPECT_EQ(book.Offline(one_cut).lost_ms, kClockLossPerResetMs);
+  EXPECT_EQ(book.Offline(one_cut).elapsed_ms, 1000 + kClockLossPerResetMs)
+      << "what status shows as well";
+  EXPECT_EQ(book.Offline(at(kContact - 5, false, 7)).elapsed_ms, 0u)
       << "a clock behind is refused, not negative";
   EXPECT_TRUE(book.Check(held, kNow, one_cut, 0).ok()) << "70 min of a 3 h grace";
   // Three cuts: 3 x 70 min is more than the grace.
@@ -178,7 +180,7 @@ TEST(LeaseBookTest, PowerCutsThatSetTheClockBackAboveTheAttestationCountAsTheMos
   // The contact's own boot adds nothing, and neither does a count behind the lease's (no TPM's
   // count goes down: it would take another AK, whose leases this device cannot have).
   EXPECT_TRUE(book.Check(held, kNow, at(kContact + 1000, false, 7), 0).ok());
-  EXPECT_EQ(book.ResetsSinceContact(at(kContact + 1000, false, 6)), 0u);
+  EXPECT_EQ(book.Offline(at(kContact + 1000, false, 6)).resets, 0u);
 
   // A later attestation (a lease with a higher TPM clock) moves the contact and its reset count;
   // an older lease that is still held (another licence) does not pull it back.
@@ -186,7 +188,7 @@ TEST(LeaseBookTest, PowerCutsThatSetTheClockBackAboveTheAttestationCountAsTheMos
   renewed.lease.tpm_clock_ms = kContact + 500;
   renewed.lease.tpm_reset_count = 10 + kObfuscation;
   ASSERT_TRUE(book.Accept(std::move(renewed)).ok());
-  EXPECT_EQ(book.ResetsSinceContact(at(kContact + 1000, false, 10)), 0u);
+  EXPECT_EQ(book.Offline(at(kContact + 1000, false, 10)).resets, 0u);
   EXPECT_TRUE(book.Check(held, kNow, at(kContact + 1000, false, 10), 0).ok());
 }
 

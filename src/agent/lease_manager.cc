@@ -15,7 +15,8 @@ bool Matches(const protocol::LeasePayload& l, std::string_view name, std::string
 
 LeaseManager::LeaseManager(const DeviceIdentity& identity, SharedTpm& tpm, ModelCatalog& catalog,
                            const StateDir& dir, PersistentState& state,
-                           engine::LoadOptions load_options, WallClock wall_clock)
+                           engine::LoadOptions load_options, WallClock wall_clock,
+                           uint32_t quoted_reset_offset)
     : identity_(identity),
       tpm_(tpm),
       catalog_(catalog),
@@ -23,7 +24,8 @@ LeaseManager::LeaseManager(const DeviceIdentity& identity, SharedTpm& tpm, Model
       state_(state),
       load_options_(std::move(load_options)),
       wall_clock_(std::move(wall_clock)),
-      book_(identity.device_id, state.Get().book) {}
+      book_(identity.device_id, state.Get().book),
+      quoted_reset_offset_(quoted_reset_offset) {}
 
 Status LeaseManager::PersistLocked() {
   std::vector<nlohmann::json> envelopes;
@@ -210,19 +212,13 @@ void LeaseManager::UpdateTpmClock(const tpm::TimeInfo& time) {
   tpm_time_at_ = std::chrono::steady_clock::now();
 }
 
-void LeaseManager::SetQuotedResetOffset(uint32_t offset) {
-  std::lock_guard lock(mu_);
-  quoted_reset_offset_ = offset;
-}
-
 TpmTime LeaseManager::TpmNowLocked() const {
-  // Without both, the time is unknown: every lease is refused as behind its contact.
-  if (!tpm_time_ || !quoted_reset_offset_) return {0, false};
+  if (!tpm_time_) return {0, false};
   const auto elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(
       std::chrono::steady_clock::now() - tpm_time_at_);
   return {tpm_time_->clock_ms + static_cast<uint64_t>(std::max<int64_t>(elapsed.count(), 0)),
           tpm_time_->safe, tpm_time_->reset_count,
-          static_cast<uint32_t>(tpm_time_->reset_count + *quoted_reset_offset_)};
+          static_cast<uint32_t>(tpm_time_->reset_count + quoted_reset_offset_)};
 }
 
 const HeldLease* LeaseManager::FindLeaseLocked(std::string_view name, std::string_view version,
@@ -286,7 +282,7 @@ std::shared_ptr<const LoadedModel> LeaseManager::Find(std::string_view name,
 std::optional<uint64_t> LeaseManager::MsSinceContact() const {
   std::lock_guard lock(mu_);
   if (book_.leases().empty()) return std::nullopt;
-  return book_.OfflineMs(TpmNowLocked());
+  return book_.Offline(TpmNowLocked()).elapsed_ms;
 }
 
 uint64_t LeaseManager::MinOfflineGraceMs() const {
@@ -314,8 +310,8 @@ nlohmann::json LeaseManager::Describe(uint64_t position) const {
   std::lock_guard lock(mu_);
   const TpmTime tpm = TpmNowLocked();
   const auto now = wall_clock_();
-  const uint64_t contact = book_.contact_tpm_clock_ms();
-  const uint64_t elapsed = book_.OfflineMs(tpm);
+  const OfflineTime offline = book_.Offline(tpm);
+  const uint64_t elapsed = offline.elapsed_ms;
   nlohmann::json models = nlohmann::json::array();
   for (const auto& [licence, held] : book_.leases()) {
     const protocol::LeasePayload& l = held.lease;
@@ -372,10 +368,10 @@ nlohmann::json LeaseManager::Describe(uint64_t position) const {
           {"tpm_clock",
            {{"clock_ms", tpm.clock_ms},
             {"safe", tpm.safe},
-            {"contact_ms", contact},
+            {"contact_ms", offline.contact_ms},
             {"reset_count", tpm.reset_count},
-            {"resets_since_contact", book_.ResetsSinceContact(tpm)},
-            {"possible_loss_ms", book_.PossibleClockLossMs(tpm)}}},
+            {"resets_since_contact", offline.resets},
+            {"possible_loss_ms", offline.lost_ms}}},
           {"lease_sequence", book_.state().max_sequence},
           {"revocation_epoch", book_.state().revocation_epoch}};
 }

@@ -62,9 +62,11 @@ struct LowBudget {
 class LeaseManager {
  public:
   // `identity`, `tpm`, `catalog`, `state` and `dir` must outlive the manager.
+  // `quoted_reset_offset`: what the device's AK adds to the TPM's reset count in its quotes
+  // (QuotedResetOffset); leases' tpm_reset_count is in those terms.
   LeaseManager(const DeviceIdentity& identity, SharedTpm& tpm, ModelCatalog& catalog,
                const StateDir& dir, PersistentState& state, engine::LoadOptions load_options,
-               WallClock wall_clock);
+               WallClock wall_clock, uint32_t quoted_reset_offset);
 
   // At start: the leases stored in the state directory, each verified again and accepted only if
   // it is the very lease recorded (an older lease file is refused); their models are loaded.
@@ -82,9 +84,6 @@ class LeaseManager {
 
   // A TPM clock reading (TPM2_ReadClock).
   void UpdateTpmClock(const tpm::TimeInfo& time);
-  // What the device's AK adds to the reset count in quotes (QuotedResetOffset), found once at
-  // start: leases' tpm_reset_count is in those terms. Until it is set no lease serves.
-  void SetQuotedResetOffset(uint32_t offset);
 
   // Whether a request for model `name` (and `version`, "" for any) may be served at meter
   // position `position`; a refusal says why (LeaseVerdict::ToStatus gives the code).
@@ -130,7 +129,7 @@ class LeaseManager {
   std::map<std::string, std::string> names_;  // model id -> model name, for leases held
   std::optional<tpm::TimeInfo> tpm_time_;
   std::chrono::steady_clock::time_point tpm_time_at_{};
-  std::optional<uint32_t> quoted_reset_offset_;
+  const uint32_t quoted_reset_offset_;
 };
 
 }  // namespace custody::agent

@@ -434,9 +434,12 @@ TEST_F(CustodianTest, LeaseCarriesTheTpmClockOfItsQuoteAndPushedLeasesTheStoredO
   EXPECT_LE(lease.tpm_clock_ms, after);
   // And its reset count as the AK quotes it: the TPM adds a constant of the AK (the AK is in the
   // storage hierarchy), which the device finds with a quote of its own.
-  const uint32_t offset = MUST(agent::QuotedResetOffset(device->tpm(), device->identity()));
+  const uint32_t offset =
+      MUST(agent::QuotedResetOffset(device->tpm(), device->identity(), after_time.reset_count));
   EXPECT_NE(offset, 0u) << "swtpm obfuscates like any TPM";
-  EXPECT_EQ(MUST(agent::QuotedResetOffset(device->tpm(), device->identity())), offset);
+  EXPECT_EQ(
+      MUST(agent::QuotedResetOffset(device->tpm(), device->identity(), after_time.reset_count)),
+      offset);
   EXPECT_EQ(static_cast<uint32_t>(lease.tpm_reset_count - offset), after_time.reset_count);
 
   // A lease pushed later (an approved extension) carries the stored clock of that quote: an older
