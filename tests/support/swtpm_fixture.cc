@@ -16,6 +16,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
 #include "core/base/bytes.h"
@@ -120,11 +121,36 @@ Result<std::string> RunProgram(const std::vector<std::string>& argv,
   return out;
 }
 
+Result<Bytes> Swtpm::BusBytes() const {
+  if (!log_bus_) return FailedPrecondition("this swtpm was not started with log_bus");
+  std::ifstream log(dir_ + "/swtpm.log");
+  if (!log) return NotFound("no log at " + dir_ + "/swtpm.log");
+  // The hex dump lines follow "SWTPM_IO_Read: length N" / "SWTPM_IO_Write: length N": a space,
+  // then two-digit hex bytes separated by spaces.
+  Bytes out;
+  for (std::string line; std::getline(log, line);) {
+    std::istringstream words(line);
+    Bytes bytes;
+    bool dump = !line.empty() && line[0] == ' ';
+    for (std::string w; dump && words >> w;) {
+      Result<Bytes> b = HexDecode(w);
+      if (w.size() == 2 && b) {
+        bytes.push_back((*b)[0]);
+      } else {
+        dump = false;
+      }
+    }
+    if (dump) out.insert(out.end(), bytes.begin(), bytes.end());
+  }
+  return out;
+}
+
 Result<std::unique_ptr<Swtpm>> Swtpm::Start(Options options) {
   std::unique_ptr<Swtpm> tpm(new Swtpm());
   char tmpl[] = "/tmp/custody-swtpm.XXXXXX";
   if (mkdtemp(tmpl) == nullptr) return ErrnoStatus(errno, "mkdtemp");
   tpm->dir_ = tmpl;
+  tpm->log_bus_ = options.log_bus;
   const std::string state = tpm->state_dir();
   fs::create_directories(state);
   if (!options.copy_state_from.empty()) {
@@ -200,7 +226,7 @@ Status Swtpm::Launch() {
                                    "--flags",
                                    "not-need-init,startup-clear",
                                    "--log",
-                                   "file=" + dir_ + "/swtpm.log"};
+                                   "file=" + dir_ + "/swtpm.log" + (log_bus_ ? ",level=20" : "")};
   std::vector<char*> c_argv;
   for (auto& a : args) c_argv.push_back(a.data());
   c_argv.push_back(nullptr);

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "core/base/bytes.h"
 #include "core/base/status.h"
 
 namespace custody::testing {
@@ -27,6 +28,8 @@ class Swtpm {
     // Start from a copy of another instance's TPM state (the "copied disk" attack: the same
     // state bytes, but as a second TPM).
     std::string copy_state_from;
+    // Log every command and answer in hex (swtpm --log level=20), for BusBytes().
+    bool log_bus = false;
   };
 
   static Result<std::unique_ptr<Swtpm>> Start(Options options);
@@ -47,6 +50,10 @@ class Swtpm {
   enum class Shutdown { kOrderly, kPowerCut };
   Status Restart(Shutdown how = Shutdown::kOrderly);
 
+  // Every byte that crossed the TPM's bus so far, commands and answers in order, as the log of a
+  // log_bus instance shows them: what an attacker probing the bus would see.
+  Result<Bytes> BusBytes() const;
+
   // Runs a tpm2-tools command against this TPM, e.g. {"tpm2_pcrread", "sha256:0"}; returns its
   // stdout. kInternal with stderr if it fails.
   Result<std::string> Tool(const std::vector<std::string>& argv) const;
@@ -58,6 +65,7 @@ class Swtpm {
   Status MakeEccEkCertificate();
 
   std::string dir_;
+  bool log_bus_ = false;
   pid_t pid_ = -1;
 };
 

@@ -357,6 +357,26 @@ TEST_F(TpmTest, SealedDataOpensOnlyInItsTpmAndSurvivesAReboot) {
   ExpectError(d.tpm->Seal({}).status(), StatusCode::kInvalidArgument, "nothing to seal");
 }
 
+TEST_F(TpmTest, SealedDataNeverCrossesTheBusInTheClear) {
+  // An attacker with a probe on the TPM's bus (LPC/SPI) sees every command and answer: here
+  // swtpm's own log of them.
+  auto swtpm = MUST(Swtpm::Start({.log_bus = true}));
+  auto tpm = MUST(Tpm::Open(swtpm->tcti()));
+  const Bytes secret = MUST(crypto::RandomBytes(32));
+  SecretBuffer opened = MUST(tpm->Unseal(MUST(tpm->Seal(secret))));
+  ASSERT_EQ(Bytes(opened.span().begin(), opened.span().end()), secret);
+  // The control: a quote's nonce travels in the clear, so the log does show the bus.
+  const KeyBlob ak = MUST(tpm->CreateAttestationKey());
+  const Bytes nonce = FreshNonce();
+  MUST(tpm->QuotePcrs(ak, PolicyPcrs(), nonce));
+  const Bytes bus = MUST(swtpm->BusBytes());
+  EXPECT_NE(std::search(bus.begin(), bus.end(), nonce.begin(), nonce.end()), bus.end())
+      << "the control: the nonce should be on the bus";
+  // Neither the Create that seals it nor the Unseal's answer carries the secret in the clear.
+  EXPECT_EQ(std::search(bus.begin(), bus.end(), secret.begin(), secret.end()), bus.end())
+      << "the sealed secret crossed the bus in the clear";
+}
+
 // ----- NV counter and clock
 // --------------------------------------------------------------------------
 

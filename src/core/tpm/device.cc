@@ -210,11 +210,8 @@ Result<Tpm::Handle> Tpm::Load(const KeyBlob& key, std::string_view what) {
   return Handle(esys_.get(), handle);
 }
 
-Result<Tpm::Handle> Tpm::StartSession(TPM2_SE type, bool salted, std::string_view what) {
-  ESYS_TR salt_key = ESYS_TR_NONE;
-  if (salted) {
-    CUSTODY_ASSIGN_OR_RETURN(salt_key, Srk());
-  }
+Result<Tpm::Handle> Tpm::StartSession(TPM2_SE type, BusSecret secret, std::string_view what) {
+  CUSTODY_ASSIGN_OR_RETURN(ESYS_TR salt_key, Srk());
   TPMT_SYM_DEF symmetric{};
   symmetric.algorithm = TPM2_ALG_AES;
   symmetric.keyBits.aes = 128;
@@ -225,10 +222,10 @@ Result<Tpm::Handle> Tpm::StartSession(TPM2_SE type, bool salted, std::string_vie
                             ESYS_TR_NONE, nullptr, type, &symmetric, TPM2_ALG_SHA256, &session);
   if (rc != TSS2_RC_SUCCESS) return TssStatus(rc, "start a session for " + std::string(what));
   Handle handle(esys_.get(), session);
-  // Sessions stay open until the Handle flushes them, whatever the command's outcome; a salted
-  // session also encrypts the first response parameter (a released secret) on the bus.
-  TPMA_SESSION attributes = TPMA_SESSION_CONTINUESESSION;
-  if (salted) attributes |= TPMA_SESSION_ENCRYPT;
+  // Sessions stay open until the Handle flushes them, whatever the command's outcome.
+  const TPMA_SESSION attributes =
+      TPMA_SESSION_CONTINUESESSION |
+      (secret == BusSecret::kInResponse ? TPMA_SESSION_ENCRYPT : TPMA_SESSION_DECRYPT);
   rc = Esys_TRSess_SetAttributes(esys_.get(), session, attributes, 0xff);
   if (rc != TSS2_RC_SUCCESS) return TssStatus(rc, "set session attributes");
   return handle;
@@ -249,10 +246,7 @@ Result<KeyBlob> Tpm::CreateUnderSrk(const TPMT_PUBLIC& templ, std::string_view w
   // first command parameter (inSensitive). The SRK's own authorisation stays the empty password.
   Handle encrypt;
   if (!data.empty()) {
-    CUSTODY_ASSIGN_OR_RETURN(encrypt, StartSession(TPM2_SE_HMAC, /*salted=*/true, what));
-    TSS2_RC set = Esys_TRSess_SetAttributes(
-        esys_.get(), encrypt.get(), TPMA_SESSION_CONTINUESESSION | TPMA_SESSION_DECRYPT, 0xff);
-    if (set != TSS2_RC_SUCCESS) return TssStatus(set, "set session attributes");
+    CUSTODY_ASSIGN_OR_RETURN(encrypt, StartSession(TPM2_SE_HMAC, BusSecret::kInCommand, what));
   }
   TPM2B_PUBLIC in_public{};
   in_public.publicArea = templ;
@@ -366,7 +360,7 @@ Result<KeyBlob> Tpm::Seal(ByteSpan data) {
 Result<SecretBuffer> Tpm::Unseal(const KeyBlob& sealed) {
   CUSTODY_ASSIGN_OR_RETURN(Handle object, Load(sealed, "sealed data"));
   CUSTODY_ASSIGN_OR_RETURN(Handle session,
-                           StartSession(TPM2_SE_HMAC, /*salted=*/true, "the sealed data"));
+                           StartSession(TPM2_SE_HMAC, BusSecret::kInResponse, "the sealed data"));
   TPM2B_SENSITIVE_DATA* raw_data = nullptr;
   TSS2_RC rc = Esys_Unseal(esys_.get(), object.get(), ESYS_TR_PASSWORD, session.get(), ESYS_TR_NONE,
                            &raw_data);
@@ -390,8 +384,8 @@ Result<SecretBuffer> Tpm::ActivateCredential(const KeyBlob& ak, EkType ek_type,
   CUSTODY_ASSIGN_OR_RETURN(Handle ak_handle, Load(ak, "attestation key"));
   CUSTODY_ASSIGN_OR_RETURN(Handle ek, CreateEk(ek_type, nullptr));
   // The EK is usable only through its policy, PolicySecret(endorsement hierarchy).
-  CUSTODY_ASSIGN_OR_RETURN(Handle session,
-                           StartSession(TPM2_SE_POLICY, /*salted=*/true, "the endorsement key"));
+  CUSTODY_ASSIGN_OR_RETURN(
+      Handle session, StartSession(TPM2_SE_POLICY, BusSecret::kInResponse, "the endorsement key"));
   TSS2_RC rc =
       Esys_PolicySecret(esys_.get(), ESYS_TR_RH_ENDORSEMENT, session.get(), ESYS_TR_PASSWORD,
                         ESYS_TR_NONE, ESYS_TR_NONE, nullptr, nullptr, nullptr, 0, nullptr, nullptr);
@@ -524,7 +518,7 @@ Result<SecretBuffer> Tpm::EcdhZGen(const KeyBlob& binding, const ApprovedPolicy&
   // 2. A policy session that satisfies the binding key's authPolicy: PolicyPCR proves the
   // platform state, PolicyAuthorize swaps it for "whatever the custodian approved".
   CUSTODY_ASSIGN_OR_RETURN(Handle session,
-                           StartSession(TPM2_SE_POLICY, /*salted=*/true, "the binding key"));
+                           StartSession(TPM2_SE_POLICY, BusSecret::kInResponse, "the binding key"));
   TPM2B_DIGEST pcr_digest{};
   pcr_digest.size = approval.pcr_digest.size();
   std::memcpy(pcr_digest.buffer, approval.pcr_digest.data(), approval.pcr_digest.size());

@@ -149,7 +149,11 @@ class Tpm {
   Result<ESYS_TR> Srk();
   Result<Handle> Load(const KeyBlob& key, std::string_view what);
   Result<Handle> CreateEk(EkType type, Bytes* public_area);
-  Result<Handle> StartSession(TPM2_SE type, bool salted, std::string_view what);
+  // Which secret a session keeps encrypted on the bus: the first parameter of the answer (a
+  // secret the TPM releases) or of the command (a secret sent to it).
+  enum class BusSecret { kInResponse, kInCommand };
+  // A session salted with the SRK that encrypts `secret` (AES-128-CFB).
+  Result<Handle> StartSession(TPM2_SE type, BusSecret secret, std::string_view what);
   // `data`: the sensitive data of a sealed object (empty for keys the TPM generates).
   Result<KeyBlob> CreateUnderSrk(const TPMT_PUBLIC& templ, std::string_view what,
                                  ByteSpan data = {});
