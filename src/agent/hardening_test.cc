@@ -2,7 +2,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <grp.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -29,6 +28,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/support/unprivileged.h"
+
 namespace custody::agent {
 namespace {
 
@@ -43,7 +44,6 @@ namespace {
     }                                                                                   \
   } while (0)
 
-constexpr uid_t kNobody = 65534;
 constexpr rlim_t kSmallMemlockBytes = 64 * 1024;
 
 std::string StatusField(pid_t pid, const std::string& field) {
@@ -58,13 +58,7 @@ std::string StatusField(pid_t pid, const std::string& field) {
 }
 
 // As root, becomes nobody (an unprivileged runner already is someone like it).
-void DropToNobody() {
-  if (geteuid() == 0) {
-    CHILD_CHECK(setgroups(0, nullptr) == 0);
-    CHILD_CHECK(setgid(kNobody) == 0);
-    CHILD_CHECK(setuid(kNobody) == 0);
-  }
-}
+void DropToNobody() { CHILD_CHECK(testing::DropToUnprivilegedUser()); }
 
 // HardenProcess as nobody under a memlock limit far below what the process maps, so that
 // mlockall fails deterministically (an unprivileged runner may lower its own limit too).

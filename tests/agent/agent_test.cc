@@ -103,6 +103,20 @@ class AgentE2eTest : public ::testing::Test {
     std::filesystem::copy(saved, world_->state_dir(), std::filesystem::copy_options::recursive);
   }
 
+  // A device with a budget of 12 serves 4 (the first, then 3), stops, and its state directory is
+  // backed up into `saved`; the agent is started again.
+  void BackUpAfterFourOfTwelve(std::string& saved) {
+    WorldOptions o;
+    o.budget = 12;
+    ASSERT_NO_FATAL_FAILURE(Make(o));
+    ASSERT_NO_FATAL_FAILURE(StartAgent());
+    ASSERT_NO_FATAL_FAILURE(WaitServing());
+    for (int i = 0; i < 3; ++i) ASSERT_EQ(InferNow().status, 200);
+    ASSERT_NO_FATAL_FAILURE(StopAgent());
+    saved = SaveStateCopy();
+    ASSERT_NO_FATAL_FAILURE(StartAgent());
+  }
+
   bool LogHas(std::string_view text) { return agent_->Log().find(text) != std::string::npos; }
 
   // The custodian's audit entries of `action`, once there is at least one (20 s at most).
@@ -488,15 +502,8 @@ TEST_F(AgentE2eTest, ReplayedOldLeaseFileIsRefused) {
 }
 
 TEST_F(AgentE2eTest, RolledBackStateDirectoryNeverGivesBudgetBack) {
-  WorldOptions o;
-  o.budget = 12;
-  ASSERT_NO_FATAL_FAILURE(Make(o));
-  ASSERT_NO_FATAL_FAILURE(StartAgent());
-  ASSERT_NO_FATAL_FAILURE(WaitServing());
-  for (int i = 0; i < 3; ++i) ASSERT_EQ(InferNow().status, 200);
-  ASSERT_NO_FATAL_FAILURE(StopAgent());
-  const std::string saved = SaveStateCopy();
-  ASSERT_NO_FATAL_FAILURE(StartAgent());
+  std::string saved;
+  ASSERT_NO_FATAL_FAILURE(BackUpAfterFourOfTwelve(saved));
   auto [served, refused] = ServeUntilRefused(100);
   EXPECT_EQ(served, 8u);
   EXPECT_EQ(RefusalOf(refused), "budget_exhausted");
@@ -514,15 +521,8 @@ TEST_F(AgentE2eTest, RolledBackStateDirectoryNeverGivesBudgetBack) {
 }
 
 TEST_F(AgentE2eTest, RollbackFoundOfflineIsReportedAfterTheNextStart) {
-  WorldOptions o;
-  o.budget = 12;
-  ASSERT_NO_FATAL_FAILURE(Make(o));
-  ASSERT_NO_FATAL_FAILURE(StartAgent());
-  ASSERT_NO_FATAL_FAILURE(WaitServing());
-  for (int i = 0; i < 3; ++i) ASSERT_EQ(InferNow().status, 200);
-  ASSERT_NO_FATAL_FAILURE(StopAgent());
-  const std::string saved = SaveStateCopy();
-  ASSERT_NO_FATAL_FAILURE(StartAgent());
+  std::string saved;
+  ASSERT_NO_FATAL_FAILURE(BackUpAfterFourOfTwelve(saved));
   for (int i = 0; i < 6; ++i) ASSERT_EQ(InferNow().status, 200);
   ASSERT_NO_FATAL_FAILURE(StopAgent());
 
@@ -768,8 +768,20 @@ TEST_F(AgentE2eTest, TlsKeyIsSealedToTheTpmAndAnAlteredOrMissingOneIsRefused) {
   EXPECT_EQ(missing.code, 3) << missing.output;
   EXPECT_NE(missing.output.find("enroll the device again"), std::string::npos) << missing.output;
 
-  // Put back, it serves again.
+  // Put back, it opens in this TPM, but only as this device's key: the device id is bound in.
   ASSERT_OK(WriteFileAtomic(sealed_path, original, WriteOptions{0600, Overwrite::kAllow}));
+  {
+    std::unique_ptr<tpm::Tpm> tpm = MUST(tpm::Tpm::Open(world_->swtpm().tcti()));
+    agent::StateDir dir = MUST(agent::StateDir::Open(world_->state_dir()));
+    const agent::SealedTlsKey key = MUST(dir.LoadTlsKey());
+    const std::string device_id = MUST(dir.LoadIdentity()).device_id;
+    EXPECT_NE(std::string(AsChars(MUST(agent::OpenTlsKey(*tpm, device_id, key)).span()))
+                  .find("PRIVATE KEY"),
+              std::string::npos);
+    Result<SecretBuffer> other = agent::OpenTlsKey(*tpm, device_id + "0", key);
+    ASSERT_FALSE(other.ok());
+    EXPECT_EQ(other.error().code(), StatusCode::kUnauthenticated) << other.error().ToString();
+  }
   ASSERT_NO_FATAL_FAILURE(StartAgent());
   ASSERT_NO_FATAL_FAILURE(WaitServing());
 }

@@ -23,6 +23,14 @@ namespace custody::testing {
 inline constexpr uid_t kNobodyUid = 65534;  // nobody
 inline constexpr gid_t kNobodyGid = 65534;  // nogroup
 
+// In a child process about to take the unprivileged path: as root, becomes nobody (uid
+// kNobodyUid, gid kNobodyGid, no supplementary groups); anyone else already is such a user and
+// stays. False if root could not drop.
+inline bool DropToUnprivilegedUser() {
+  if (::geteuid() != 0) return true;
+  return ::setgroups(0, nullptr) == 0 && ::setgid(kNobodyGid) == 0 && ::setuid(kNobodyUid) == 0;
+}
+
 // Runs `fn` as an unprivileged user and returns the text it returned: in a child process with
 // uid kNobodyUid, gid kNobodyGid and no supplementary groups when this process is root, directly
 // otherwise. The child must not report through gtest (its failures would be lost): `fn` says what
@@ -39,10 +47,8 @@ inline Result<std::string> AsUnprivilegedUser(const std::function<std::string()>
   }
   if (pid == 0) {
     ::close(fds[0]);
-    std::string out = "could not drop to uid " + std::to_string(kNobodyUid);
-    if (::setgroups(0, nullptr) == 0 && ::setgid(kNobodyGid) == 0 && ::setuid(kNobodyUid) == 0) {
-      out = fn();
-    }
+    const std::string out =
+        DropToUnprivilegedUser() ? fn() : "could not drop to uid " + std::to_string(kNobodyUid);
     for (size_t done = 0; done < out.size();) {
       const ssize_t n = ::write(fds[1], out.data() + done, out.size() - done);
       if (n <= 0) ::_exit(2);

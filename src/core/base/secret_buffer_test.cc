@@ -5,6 +5,8 @@
 
 #include <cstring>
 
+#include "tests/support/unprivileged.h"
+
 namespace custody {
 namespace {
 
@@ -103,7 +105,7 @@ TEST(SecretBuffer, ReportsUnlockedMemoryForAnUnprivilegedUser) {
   // runner is already on that path).
   EXPECT_EXIT(
       {
-        if (geteuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0)) _exit(7);
+        if (!testing::DropToUnprivilegedUser()) _exit(7);
         AllocateOverMemlockLimit();
       },
       ::testing::ExitedWithCode(0), "");
